@@ -1,0 +1,121 @@
+//! The storage engine: one RocksDB per storenode with the `data`, `raft` and
+//! `meta` column families (layouts in [`crate::keys`]), shared by every replica.
+//!
+//! Every call here blocks on disk: call it from the Raft loop thread or a
+//! blocking pool, never from a tokio worker.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBRawIterator, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::keys::{CF_DATA, CF_META, CF_RAFT};
+
+pub use rocksdb::Error as EngineError;
+
+#[derive(Clone)]
+pub struct Engine {
+    db: Arc<DB>,
+}
+
+/// Which column family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cf {
+    Data,
+    Raft,
+    Meta,
+}
+
+impl Cf {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Data => CF_DATA,
+            Cf::Raft => CF_RAFT,
+            Cf::Meta => CF_META,
+        }
+    }
+
+    pub fn from_u8(b: u8) -> Option<Cf> {
+        match b {
+            0 => Some(Cf::Data),
+            1 => Some(Cf::Raft),
+            2 => Some(Cf::Meta),
+            _ => None,
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Cf::Data => 0,
+            Cf::Raft => 1,
+            Cf::Meta => 2,
+        }
+    }
+}
+
+impl Engine {
+    pub fn open(path: &Path) -> Result<Engine, EngineError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut data_opts = Options::default();
+        let mut bbo = BlockBasedOptions::default();
+        bbo.set_bloom_filter(10.0, false);
+        data_opts.set_block_based_table_factory(&bbo);
+        data_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_DATA, data_opts),
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Engine { db: Arc::new(db) })
+    }
+
+    pub fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // The three CFs are created by `open`, so the handle always exists.
+        self.db.cf_handle(cf.name()).expect("column family created at open")
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Writes `wb` atomically; with `sync` it is on disk (WAL fsynced) on return,
+    /// and so is every write made before it.
+    pub fn write(&self, wb: WriteBatch, sync: bool) -> Result<(), EngineError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo)
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.db.get_cf(self.cf(cf), key)
+    }
+
+    /// A raw iterator over `[lo, hi)` of `cf`, positioned at `lo`.
+    pub fn iter_range(&self, cf: Cf, lo: &[u8], hi: &[u8]) -> DBRawIterator<'_> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek(lo);
+        it
+    }
+
+    pub fn put_cf(&self, wb: &mut WriteBatch, cf: Cf, key: &[u8], value: &[u8]) {
+        wb.put_cf(self.cf(cf), key, value);
+    }
+
+    pub fn delete_cf(&self, wb: &mut WriteBatch, cf: Cf, key: &[u8]) {
+        wb.delete_cf(self.cf(cf), key);
+    }
+
+    pub fn delete_range_cf(&self, wb: &mut WriteBatch, cf: Cf, lo: &[u8], hi: &[u8]) {
+        wb.delete_range_cf(self.cf(cf), lo, hi);
+    }
+}

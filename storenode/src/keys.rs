@@ -1,0 +1,200 @@
+//! Key layout of the one RocksDB a storenode shares among all its replicas.
+//!
+//! | CF     | key                                   | value                          |
+//! |--------|---------------------------------------|--------------------------------|
+//! | `data` | `h (8 BE) ++ user_key`                | value header ++ value          |
+//! | `raft` | `shard_id (8 BE) ++ LOG ++ index (8 BE)` | a raft-rs `Entry`           |
+//! | `raft` | `shard_id (8 BE) ++ HARD_STATE`       | a raft-rs `HardState`          |
+//! | `meta` | `shard_id (8 BE) ++ kind [++ suffix]` | replica state, apply state, de-dup records |
+//!
+//! `h = xxh3_64(hash_part(user_key))`, so a shard, which owns a contiguous range
+//! of `h`, owns one contiguous range of the `data` CF: a snapshot is a range
+//! scan and dropping a replica is one `DeleteRange`. Big-endian integers keep
+//! byte order equal to numeric order.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const CF_DATA: &str = "data";
+pub const CF_RAFT: &str = "raft";
+pub const CF_META: &str = "meta";
+
+const RAFT_LOG: u8 = 0x01;
+const RAFT_HARD_STATE: u8 = 0x02;
+
+const META_REPLICA_STATE: u8 = 0x01;
+const META_APPLY_STATE: u8 = 0x02;
+const META_DEDUP: u8 = 0x03;
+const META_DEDUP_BY_INDEX: u8 = 0x04;
+
+/// The part of a key that is hashed: the bytes inside the first `{…}` that has
+/// at least one byte inside (the Redis Cluster hash-tag convention), otherwise
+/// the whole key. Keys sharing a tag share a shard and sort next to each other.
+pub fn hash_part(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// The key's position on the ring.
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(hash_part(key))
+}
+
+/// Whether `h` falls in the shard range `[start, end)`, where `end == 0` means 2^64.
+pub fn in_range(h: u64, start: u64, end: u64) -> bool {
+    h >= start && (end == 0 || h < end)
+}
+
+pub fn data_key(user_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + user_key.len());
+    k.extend_from_slice(&key_hash(user_key).to_be_bytes());
+    k.extend_from_slice(user_key);
+    k
+}
+
+/// The user key inside a `data` CF key.
+pub fn user_key(data_key: &[u8]) -> &[u8] {
+    &data_key[8.min(data_key.len())..]
+}
+
+/// Keys are never longer than this, whatever the configured limit, so that the
+/// top shard's `data` range has a concrete exclusive end (see [`data_range`]).
+pub const MAX_KEY_LEN_HARD: usize = 64 * 1024;
+
+/// `[lo, hi)` bounds of the `data` CF covering the ring range `[start, end)`.
+/// For the top of the ring (`end == 0`) `hi` is `0xff` repeated one byte past
+/// the longest possible data key, which sorts after every such key.
+pub fn data_range(start: u64, end: u64) -> (Vec<u8>, Vec<u8>) {
+    let lo = start.to_be_bytes().to_vec();
+    let hi = if end == 0 { vec![0xff; 8 + MAX_KEY_LEN_HARD + 1] } else { end.to_be_bytes().to_vec() };
+    (lo, hi)
+}
+
+fn shard_prefix(shard_id: u64, kind: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&shard_id.to_be_bytes());
+    k.push(kind);
+    k
+}
+
+pub fn raft_log_key(shard_id: u64, index: u64) -> Vec<u8> {
+    let mut k = shard_prefix(shard_id, RAFT_LOG);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+pub fn raft_hard_state_key(shard_id: u64) -> Vec<u8> {
+    shard_prefix(shard_id, RAFT_HARD_STATE)
+}
+
+/// Every key of the shard in the `raft` CF: `[shard_id, shard_id + 1)`.
+pub fn shard_all_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
+    (shard_id.to_be_bytes().to_vec(), (shard_id + 1).to_be_bytes().to_vec())
+}
+
+pub fn raft_log_index(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(9..17)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+pub fn meta_replica_state_key(shard_id: u64) -> Vec<u8> {
+    shard_prefix(shard_id, META_REPLICA_STATE)
+}
+
+pub fn meta_apply_state_key(shard_id: u64) -> Vec<u8> {
+    shard_prefix(shard_id, META_APPLY_STATE)
+}
+
+pub fn meta_dedup_key(shard_id: u64, request_id: &[u8]) -> Vec<u8> {
+    let mut k = shard_prefix(shard_id, META_DEDUP);
+    k.extend_from_slice(request_id);
+    k
+}
+
+/// The second index of de-dup records, by the Raft index that wrote them, so
+/// that expiring old records is a range scan.
+pub fn meta_dedup_by_index_key(shard_id: u64, index: u64, request_id: &[u8]) -> Vec<u8> {
+    let mut k = shard_prefix(shard_id, META_DEDUP_BY_INDEX);
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(request_id);
+    k
+}
+
+/// The request id inside a [`meta_dedup_by_index_key`].
+pub fn dedup_by_index_request_id(key: &[u8]) -> &[u8] {
+    &key[17.min(key.len())..]
+}
+
+/// `[lo, hi)` of the shard's de-dup records written below `index`.
+pub fn meta_dedup_by_index_range(shard_id: u64, below: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut hi = shard_prefix(shard_id, META_DEDUP_BY_INDEX);
+    hi.extend_from_slice(&below.to_be_bytes());
+    (shard_prefix(shard_id, META_DEDUP_BY_INDEX), hi)
+}
+
+/// `[lo, hi)` of all the shard's de-duplication state in the `meta` CF.
+pub fn meta_dedup_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
+    (shard_prefix(shard_id, META_DEDUP), shard_prefix(shard_id, META_DEDUP_BY_INDEX + 1))
+}
+
+/// The shard id a `meta` or `raft` key belongs to.
+pub fn shard_of(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+pub fn is_replica_state_key(key: &[u8]) -> bool {
+    key.len() == 9 && key[8] == META_REPLICA_STATE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_cluster() {
+        assert_eq!(hash_part(b"user:{42}:name"), b"42");
+        assert_eq!(hash_part(b"{42}x"), b"42");
+        assert_eq!(hash_part(b"a{}b{c}"), b"a{}b{c}", "empty tag means the whole key");
+        assert_eq!(hash_part(b"no tag"), b"no tag");
+        assert_eq!(hash_part(b"open{only"), b"open{only");
+        assert_eq!(key_hash(b"user:{42}:name"), key_hash(b"order:{42}"));
+    }
+
+    #[test]
+    fn data_keys_sort_by_hash_then_key() {
+        let a = data_key(b"{t}a");
+        let b = data_key(b"{t}b");
+        assert!(a < b);
+        assert_eq!(&a[..8], &b[..8]);
+        assert_eq!(user_key(&a), b"{t}a");
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(in_range(5, 0, 0));
+        assert!(in_range(u64::MAX, 10, 0));
+        assert!(!in_range(9, 10, 0));
+        assert!(!in_range(20, 10, 20));
+        let top = data_key(&vec![0xff; MAX_KEY_LEN_HARD]);
+        let (lo, hi) = data_range(u64::MAX - 1, 0);
+        assert!(lo.as_slice() < top.as_slice() || key_hash(&top[8..]) < u64::MAX - 1);
+        assert!(top < hi);
+        let (lo, hi) = data_range(10, 20);
+        assert_eq!((lo, hi), (10u64.to_be_bytes().to_vec(), 20u64.to_be_bytes().to_vec()));
+    }
+
+    #[test]
+    fn raft_keys_order_by_shard_then_index() {
+        assert!(raft_log_key(1, u64::MAX) < raft_log_key(2, 0));
+        assert!(raft_log_key(1, 2) < raft_log_key(1, 10));
+        assert_eq!(raft_log_index(&raft_log_key(7, 99)), Some(99));
+        let (lo, hi) = shard_all_range(7);
+        assert!(lo <= raft_hard_state_key(7) && raft_hard_state_key(7) < hi);
+    }
+}

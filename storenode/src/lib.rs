@@ -1,0 +1,23 @@
+//! ringkv storenode: hosts replicas of many shards (Raft groups) over one
+//! RocksDB, replicates their writes to other storenodes, and serves the
+//! ShardKv API.
+//!
+//! - [`engine`] and [`keys`]: the shared RocksDB and its key layout.
+//! - [`raft`]: the multi-Raft machinery (storage, loop, snapshots, transport).
+//! - [`shard`]: the key-value state machine of one shard.
+//! - [`service`]: gRPC handlers; [`server`] wires everything into a process.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod raft;
+pub mod server;
+pub mod service;
+pub mod shard;
+pub mod testkit;
+
+pub use config::StorenodeConfig;
+pub use error::{Error, Result};
+pub use server::{Storenode, StorenodeHandle};

@@ -1,0 +1,308 @@
+//! Raft snapshots of a replica's state, as files.
+//!
+//! A raft-rs snapshot here carries only metadata (index, term, conf state) and
+//! a small [`SnapshotData`] naming a file; the state itself — every key of the
+//! ranges the state machine owns — is written to that file by a background
+//! thread from one RocksDB snapshot, streamed to the follower in chunks on its
+//! own RPC, and written into the follower's RocksDB in bounded batches. Memory
+//! stays bounded whatever the shard's size.
+//!
+//! Consistency: the generator reads the apply state, the replica descriptor
+//! and the data from the same RocksDB snapshot, so the file holds exactly the
+//! state as of the index it claims.
+//!
+//! Crash safety on the receiver: the Raft metadata and a replica state of
+//! `APPLYING_SNAPSHOT` (naming the file) are persisted first; the data is then
+//! written; the state returns to `NORMAL` with a synced write; only then is the
+//! file deleted. A restart that finds `APPLYING_SNAPSHOT` writes the data again.
+//!
+//! File format: `RKVSNAP1`, then records `cf:u8 klen:u32 key vlen:u32 value`
+//! (big-endian lengths), then a `0xff` end marker. Its xxh3-64 checksum travels
+//! in the snapshot metadata and is verified before the file is used.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Snapshot};
+use ringkv_proto::meta::ShardDescriptor;
+use ringkv_proto::raft::SnapshotData;
+use ringkv_proto::storage::{ApplyState, ReplicaState};
+use rocksdb::WriteBatch;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::engine::{Cf, Engine};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::raft::storage::decode_conf_state;
+
+const MAGIC: &[u8; 8] = b"RKVSNAP1";
+const END: u8 = 0xff;
+/// Bytes written per WriteBatch when applying a snapshot.
+const APPLY_BATCH_BYTES: usize = 4 << 20;
+
+/// A key range of one column family that a state machine owns.
+#[derive(Clone, Debug)]
+pub struct StateRange {
+    pub cf: Cf,
+    pub lo: Vec<u8>,
+    pub hi: Vec<u8>,
+}
+
+/// Shared between a replica's `Storage` (which asks for a snapshot) and the
+/// loop (which generates it in the background).
+#[derive(Default)]
+pub struct SnapshotSlot {
+    ready: Option<Snapshot>,
+    requested: bool,
+    generating: bool,
+}
+
+impl SnapshotSlot {
+    /// The generated snapshot, if it is recent enough to be useful: at or past
+    /// `request_index`, and not older than the log's start (else the follower
+    /// could not continue from it by log).
+    pub fn ready_snapshot(&self, request_index: u64, truncated_index: u64) -> Option<Snapshot> {
+        let s = self.ready.as_ref()?;
+        let idx = s.get_metadata().index;
+        (idx >= request_index && idx >= truncated_index).then(|| s.clone())
+    }
+
+    pub fn request(&mut self) {
+        if !self.generating {
+            self.requested = true;
+        }
+    }
+
+    /// Claims a pending request for generation (the caller starts it).
+    pub fn take_request(&mut self) -> bool {
+        if self.requested && !self.generating {
+            self.requested = false;
+            self.generating = true;
+            return true;
+        }
+        false
+    }
+
+    pub fn finish(&mut self, snap: Option<Snapshot>) {
+        self.generating = false;
+        if snap.is_some() {
+            self.ready = snap;
+        }
+    }
+}
+
+/// Where snapshot files live: `gen/` for ones this node made, `recv/` for
+/// ones it received.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir {
+    root: PathBuf,
+}
+
+impl SnapshotDir {
+    pub fn new(root: PathBuf) -> Result<Self> {
+        fs::create_dir_all(root.join("gen"))?;
+        fs::create_dir_all(root.join("recv"))?;
+        Ok(SnapshotDir { root })
+    }
+
+    pub fn generated(&self, shard_id: u64, term: u64, index: u64) -> PathBuf {
+        self.root.join("gen").join(format!("{shard_id}_{term}_{index}.snap"))
+    }
+
+    pub fn received(&self, shard_id: u64, term: u64, index: u64) -> PathBuf {
+        self.root.join("recv").join(format!("{shard_id}_{term}_{index}.snap"))
+    }
+
+    /// Removes every generated file of `shard_id` except `keep`.
+    pub fn remove_generated_except(&self, shard_id: u64, keep: Option<&Path>) {
+        let prefix = format!("{shard_id}_");
+        let Ok(rd) = fs::read_dir(self.root.join("gen")) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with(&prefix) && Some(p.as_path()) != keep {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Writes a snapshot of `shard_id` as of now (one RocksDB snapshot) and
+/// returns the raft-rs snapshot describing it. Runs on a background thread.
+pub fn generate(
+    engine: &Engine,
+    dir: &SnapshotDir,
+    shard_id: u64,
+    ranges_of: impl Fn(&ShardDescriptor) -> Vec<StateRange>,
+) -> Result<Snapshot> {
+    let db = engine.db();
+    let snap = db.snapshot();
+    let get = |cf: Cf, key: &[u8]| snap.get_cf(engine.cf(cf), key);
+    let apply: ApplyState = match get(Cf::Meta, &keys::meta_apply_state_key(shard_id))? {
+        Some(b) => prost::Message::decode(b.as_slice())
+            .map_err(|e| Error::Corrupt(format!("apply state: {e}")))?,
+        None => return Err(Error::ShardNotFound(shard_id)),
+    };
+    let state: ReplicaState = match get(Cf::Meta, &keys::meta_replica_state_key(shard_id))? {
+        Some(b) => prost::Message::decode(b.as_slice())
+            .map_err(|e| Error::Corrupt(format!("replica state: {e}")))?,
+        None => return Err(Error::ShardNotFound(shard_id)),
+    };
+    let shard = state.shard.unwrap_or_default();
+    let path = dir.generated(shard_id, apply.applied_term, apply.applied_index);
+    let tmp = path.with_extension("tmp");
+    let mut w = ChecksumWriter::new(BufWriter::new(File::create(&tmp)?));
+    w.write_all(MAGIC)?;
+    for r in ranges_of(&shard) {
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_upper_bound(r.hi.clone());
+        let mut it = db.raw_iterator_cf_opt(engine.cf(r.cf), ro);
+        it.seek(&r.lo);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            w.write_all(&[r.cf.as_u8()])?;
+            w.write_all(&(k.len() as u32).to_be_bytes())?;
+            w.write_all(k)?;
+            w.write_all(&(v.len() as u32).to_be_bytes())?;
+            w.write_all(v)?;
+            it.next();
+        }
+        it.status()?;
+    }
+    w.write_all(&[END])?;
+    let (size, checksum) = w.finish()?;
+    fs::rename(&tmp, &path)?;
+    dir.remove_generated_except(shard_id, Some(&path));
+
+    let mut s = Snapshot::default();
+    let md = s.mut_metadata();
+    md.index = apply.applied_index;
+    md.term = apply.applied_term;
+    md.set_conf_state(decode_conf_state(&apply.conf_state)?);
+    let data = SnapshotData { shard: Some(shard), file_size: size, file_checksum: checksum };
+    s.data = prost::Message::encode_to_vec(&data).into();
+    Ok(s)
+}
+
+/// The [`SnapshotData`] inside a raft-rs snapshot.
+pub fn snapshot_data(s: &Snapshot) -> Result<SnapshotData> {
+    prost::Message::decode(s.data.as_ref())
+        .map_err(|e| Error::Corrupt(format!("snapshot data: {e}")))
+}
+
+/// The conf state a snapshot carries.
+pub fn conf_state(s: &Snapshot) -> ConfState {
+    s.get_metadata().get_conf_state().clone()
+}
+
+/// Checks a received file against its metadata (size and checksum).
+pub fn verify_file(path: &Path, data: &SnapshotData) -> Result<()> {
+    let mut f = BufReader::new(File::open(path)?);
+    let mut h = Xxh3::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    if size != data.file_size || h.digest() != data.file_checksum {
+        return Err(Error::Corrupt(format!(
+            "snapshot file {}: size {size} checksum {:x}, expected {} {:x}",
+            path.display(),
+            h.digest(),
+            data.file_size,
+            data.file_checksum
+        )));
+    }
+    Ok(())
+}
+
+/// Replaces the state in `ranges` with the file's contents. Idempotent: a
+/// restart may run it again on the same file.
+pub fn write_data(engine: &Engine, path: &Path, ranges: &[StateRange]) -> Result<()> {
+    let mut wb = WriteBatch::default();
+    for r in ranges {
+        engine.delete_range_cf(&mut wb, r.cf, &r.lo, &r.hi);
+    }
+    engine.write(wb, false)?;
+    let mut f = BufReader::new(File::open(path)?);
+    let mut magic = [0u8; 8];
+    f.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(Error::Corrupt(format!("{}: not a snapshot file", path.display())));
+    }
+    let mut wb = WriteBatch::default();
+    loop {
+        let mut cf = [0u8; 1];
+        f.read_exact(&mut cf)?;
+        if cf[0] == END {
+            break;
+        }
+        let cf = Cf::from_u8(cf[0])
+            .ok_or_else(|| Error::Corrupt(format!("{}: bad column family", path.display())))?;
+        let k = read_chunk(&mut f)?;
+        let v = read_chunk(&mut f)?;
+        if !ranges.iter().any(|r| r.cf == cf && r.lo.as_slice() <= &k[..] && &k[..] < r.hi.as_slice()) {
+            return Err(Error::Corrupt(format!("{}: key outside the shard", path.display())));
+        }
+        engine.put_cf(&mut wb, cf, &k, &v);
+        if wb.size_in_bytes() >= APPLY_BATCH_BYTES {
+            engine.write(std::mem::take(&mut wb), false)?;
+        }
+    }
+    engine.write(wb, false)?;
+    Ok(())
+}
+
+fn read_chunk(f: &mut impl Read) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > 64 << 20 {
+        return Err(Error::Corrupt(format!("snapshot record of {len} bytes")));
+    }
+    let mut v = vec![0u8; len];
+    f.read_exact(&mut v)?;
+    Ok(v)
+}
+
+struct ChecksumWriter<W: Write> {
+    inner: W,
+    hash: Xxh3,
+    size: u64,
+}
+
+impl<W: Write> ChecksumWriter<W> {
+    fn new(inner: W) -> Self {
+        ChecksumWriter { inner, hash: Xxh3::new(), size: 0 }
+    }
+
+    fn finish(mut self) -> std::io::Result<(u64, u64)> {
+        self.inner.flush()?;
+        Ok((self.size, self.hash.digest()))
+    }
+}
+
+impl<W: Write> Write for ChecksumWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Decodes a raft-rs snapshot from bytes (for messages read off the wire).
+pub fn parse_snapshot(b: &[u8]) -> Result<Snapshot> {
+    Snapshot::parse_from_bytes(b).map_err(|e| Error::Corrupt(format!("snapshot: {e}")))
+}

@@ -1,0 +1,258 @@
+//! The ShardKv gRPC service: validates a request, hands it to the Raft loop
+//! (a proposal for writes, a ReadIndex for reads) and answers once it is
+//! applied or safe to read. Reads of RocksDB run on the blocking pool.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringkv_proto::kv::shard_kv_server::ShardKv;
+use ringkv_proto::kv::{
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
+    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetResult,
+    PutRequest, PutResponse, ReadConsistency, RequestContext,
+};
+use ringkv_proto::meta::ShardDescriptor;
+use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as CmdResult, ShardCommand};
+use tonic::{Request, Response, Status};
+
+use crate::config::Limits;
+use crate::engine::{Cf, Engine};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::raft::raft_loop::{LoopHandle, Msg};
+use crate::shard::{decode_value, into_result, ShardStateMachine};
+
+const MAX_REQUEST_ID_BYTES: usize = 64;
+
+pub struct KvService {
+    loop_handle: LoopHandle<ShardStateMachine>,
+    engine: Engine,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl KvService {
+    pub fn new(loop_handle: LoopHandle<ShardStateMachine>, engine: Engine, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        KvService { loop_handle, engine, limits, metrics }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::invalid("key", "empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Error::invalid(
+                "key",
+                format!("{} bytes, limit {}", key.len(), self.limits.max_key_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, v: &[u8]) -> Result<()> {
+        if v.len() > self.limits.max_value_bytes {
+            return Err(Error::invalid(
+                "value",
+                format!("{} bytes, limit {}", v.len(), self.limits.max_value_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_count(&self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::invalid("keys", "empty batch"));
+        }
+        if n > self.limits.max_batch_keys {
+            return Err(Error::invalid("keys", format!("{n} keys, limit {}", self.limits.max_batch_keys)));
+        }
+        Ok(())
+    }
+
+    fn context(ctx: &Option<RequestContext>) -> Result<&RequestContext> {
+        let c = ctx.as_ref().ok_or_else(|| Error::invalid("context", "missing"))?;
+        if c.shard_id == 0 {
+            return Err(Error::invalid("context.shard_id", "missing"));
+        }
+        if c.request_id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(Error::invalid("context.request_id", "longer than 64 bytes"));
+        }
+        Ok(c)
+    }
+
+    /// Proposes a write and waits for its result. Past the timeout, or if the
+    /// loop goes away, the outcome is unknown: reported as ambiguous.
+    async fn write(&self, ctx: &RequestContext, op: Op) -> Result<CmdResult> {
+        let cmd = ShardCommand {
+            request_id: ctx.request_id.clone(),
+            epoch_version: ctx.epoch.as_ref().map_or(0, |e| e.version),
+            op: Some(op),
+        };
+        let (shard_id, version) = (ctx.shard_id, ctx.epoch.as_ref().map(|e| e.version));
+        let call = self.loop_handle.call(|cb| Msg::Propose { shard_id, epoch_version: version, cmd, cb });
+        match tokio::time::timeout(self.limits.request_timeout(), call).await {
+            Ok(Ok(r)) => into_result(r),
+            Ok(Err(Error::Stopped)) => Err(Error::Ambiguous("storenode stopped before the write finished".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Ambiguous("timed out waiting for the write to apply".into())),
+        }
+    }
+
+    /// Waits until reading `shard_id` at `consistency` is safe; returns the shard.
+    async fn read_barrier(&self, ctx: &RequestContext, consistency: i32) -> Result<ShardDescriptor> {
+        let consistency = ReadConsistency::try_from(consistency)
+            .map_err(|_| Error::invalid("consistency", "unknown value"))?;
+        let (shard_id, version) = (ctx.shard_id, ctx.epoch.as_ref().map(|e| e.version));
+        let call = self.loop_handle.call(|cb| Msg::Read { shard_id, epoch_version: version, consistency, cb });
+        match tokio::time::timeout(self.limits.request_timeout(), call).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Retryable("timed out waiting for a read index".into())),
+        }
+    }
+
+    async fn read_keys(&self, shard: ShardDescriptor, keys_: Vec<Vec<u8>>) -> Result<Vec<GetResult>> {
+        for k in &keys_ {
+            if !keys::in_range(keys::key_hash(k), shard.start, shard.end) {
+                return Err(Error::KeyNotInShard { key: k.clone(), shard: Box::new(shard) });
+            }
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            keys_
+                .into_iter()
+                .map(|key| {
+                    let v = engine.get(Cf::Data, &keys::data_key(&key))?;
+                    Ok(match v {
+                        Some(v) => GetResult { key, found: true, value: decode_value(&v)?.to_vec() },
+                        None => GetResult { key, found: false, value: Vec::new() },
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("read task: {e}")))?
+    }
+
+    async fn observe<T>(&self, method: &str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let res = f.await;
+        self.metrics.request_duration.with_label_values(&[method]).observe(start.elapsed().as_secs_f64());
+        let outcome = match &res {
+            Ok(_) => "ok",
+            Err(Error::NotLeader { .. }) => "not_leader",
+            Err(Error::EpochMismatch(_) | Error::KeyNotInShard { .. }) => "epoch_mismatch",
+            Err(Error::InvalidArgument { .. }) => "invalid_argument",
+            Err(Error::Ambiguous(_)) => "ambiguous",
+            Err(_) => "error",
+        };
+        self.metrics.requests.with_label_values(&[method, outcome]).inc();
+        res.map(Response::new).map_err(Status::from)
+    }
+}
+
+fn unexpected(r: CmdResult) -> Error {
+    Error::Corrupt(format!("unexpected command result {r:?}"))
+}
+
+#[tonic::async_trait]
+impl ShardKv for KvService {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = req.into_inner();
+        self.observe("get", async {
+            let ctx = Self::context(&req.context)?;
+            self.check_key(&req.key)?;
+            let shard = self.read_barrier(ctx, req.consistency).await?;
+            let mut r = self.read_keys(shard, vec![req.key]).await?;
+            let r = r.pop().ok_or_else(|| Error::Corrupt("no read result".into()))?;
+            Ok(GetResponse { found: r.found, value: r.value })
+        })
+        .await
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        self.observe("put", async {
+            let ctx = Self::context(&req.context)?.clone();
+            self.check_key(&req.key)?;
+            self.check_value(&req.value)?;
+            match self.write(&ctx, Op::Put(req)).await? {
+                CmdResult::Put(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let req = req.into_inner();
+        self.observe("delete", async {
+            let ctx = Self::context(&req.context)?.clone();
+            self.check_key(&req.key)?;
+            match self.write(&ctx, Op::Delete(req)).await? {
+                CmdResult::Delete(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        req: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        use ringkv_proto::kv::compare_and_swap_request::{Expected, New};
+        let req = req.into_inner();
+        self.observe("cas", async {
+            let ctx = Self::context(&req.context)?.clone();
+            self.check_key(&req.key)?;
+            match &req.expected {
+                Some(Expected::ExpectedValue(v)) => self.check_value(v)?,
+                Some(Expected::ExpectAbsent(true)) => {}
+                _ => return Err(Error::invalid("expected", "set expected_value or expect_absent=true")),
+            }
+            match &req.new {
+                Some(New::NewValue(v)) => self.check_value(v)?,
+                Some(New::Delete(true)) => {}
+                _ => return Err(Error::invalid("new", "set new_value or delete=true")),
+            }
+            match self.write(&ctx, Op::Cas(req)).await? {
+                CmdResult::Cas(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+
+    async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let req = req.into_inner();
+        self.observe("batch_get", async {
+            let ctx = Self::context(&req.context)?;
+            self.check_count(req.keys.len())?;
+            for k in &req.keys {
+                self.check_key(k)?;
+            }
+            let shard = self.read_barrier(ctx, req.consistency).await?;
+            Ok(BatchGetResponse { results: self.read_keys(shard, req.keys).await? })
+        })
+        .await
+    }
+
+    async fn batch_put(&self, req: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
+        let req = req.into_inner();
+        self.observe("batch_put", async {
+            let ctx = Self::context(&req.context)?.clone();
+            self.check_count(req.pairs.len())?;
+            for p in &req.pairs {
+                self.check_key(&p.key)?;
+                self.check_value(&p.value)?;
+            }
+            match self.write(&ctx, Op::BatchPut(req)).await? {
+                CmdResult::BatchPut(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+}

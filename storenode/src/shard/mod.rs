@@ -1,0 +1,211 @@
+//! The shard state machine: applies key-value commands from a shard's Raft log
+//! to the `data` CF, with at-most-once application of retried requests.
+//!
+//! Values are stored behind a 2-byte header (format version, flags) so the
+//! format can grow (e.g. expiry) without rewriting data.
+
+use prost::Message;
+use ringkv_proto::error::{shard_error::Kind, ShardError};
+use ringkv_proto::kv::{
+    compare_and_swap_request::{Expected, New},
+    BatchPutResponse, CompareAndSwapResponse, DeleteResponse, PutResponse,
+};
+use ringkv_proto::meta::ShardDescriptor;
+use ringkv_proto::storage::{
+    shard_command::Op, shard_command_result::Result as CmdResult, DedupRecord, ShardCommand,
+    ShardCommandResult,
+};
+
+use crate::engine::Cf;
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::raft::snapshot::StateRange;
+use crate::raft::state_machine::{ApplyContext, StateMachine};
+
+const VALUE_FORMAT_V1: u8 = 1;
+
+/// How many Raft entries a de-dup record outlives the write that made it. A
+/// retry later than that (minutes at any realistic write rate, far beyond a
+/// client's deadline) is treated as a new request.
+pub const DEDUP_WINDOW_ENTRIES: u64 = 200_000;
+/// Expired records are removed every this many entries, at most this many at once.
+const DEDUP_GC_EVERY: u64 = 1024;
+const DEDUP_GC_MAX: usize = 4096;
+
+pub fn encode_value(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() + 2);
+    out.push(VALUE_FORMAT_V1);
+    out.push(0);
+    out.extend_from_slice(v);
+    out
+}
+
+pub fn decode_value(stored: &[u8]) -> Result<&[u8]> {
+    match stored {
+        [VALUE_FORMAT_V1, 0, rest @ ..] => Ok(rest),
+        _ => Err(Error::Corrupt("value with an unknown header".into())),
+    }
+}
+
+#[derive(Default)]
+pub struct ShardStateMachine;
+
+fn err_result(e: Error) -> ShardCommandResult {
+    let proto = e.to_proto().unwrap_or(ShardError {
+        kind: Some(Kind::Retryable(ringkv_proto::error::Retryable { reason: e.to_string() })),
+    });
+    ShardCommandResult { result: Some(CmdResult::Error(proto)) }
+}
+
+fn ok(r: CmdResult) -> ShardCommandResult {
+    ShardCommandResult { result: Some(r) }
+}
+
+fn check_key(shard: &ShardDescriptor, key: &[u8]) -> Result<()> {
+    if keys::in_range(keys::key_hash(key), shard.start, shard.end) {
+        Ok(())
+    } else {
+        Err(Error::KeyNotInShard { key: key.to_vec(), shard: Box::new(shard.clone()) })
+    }
+}
+
+impl ShardStateMachine {
+    fn read(ctx: &ApplyContext<'_>, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match ctx.get(Cf::Data, &keys::data_key(key))? {
+            Some(v) => Ok(Some(decode_value(&v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    fn execute(ctx: &mut ApplyContext<'_>, op: Op) -> Result<CmdResult> {
+        let shard = ctx.shard;
+        Ok(match op {
+            Op::Put(p) => {
+                check_key(shard, &p.key)?;
+                ctx.put(Cf::Data, &keys::data_key(&p.key), &encode_value(&p.value));
+                CmdResult::Put(PutResponse {})
+            }
+            Op::Delete(d) => {
+                check_key(shard, &d.key)?;
+                let existed = Self::read(ctx, &d.key)?.is_some();
+                if existed {
+                    ctx.delete(Cf::Data, &keys::data_key(&d.key));
+                }
+                CmdResult::Delete(DeleteResponse { existed })
+            }
+            Op::Cas(c) => {
+                check_key(shard, &c.key)?;
+                let current = Self::read(ctx, &c.key)?;
+                let holds = match (&c.expected, &current) {
+                    (Some(Expected::ExpectedValue(want)), Some(have)) => want == have,
+                    (Some(Expected::ExpectAbsent(true)), None) => true,
+                    _ => false,
+                };
+                if holds {
+                    match c.new {
+                        Some(New::NewValue(v)) => {
+                            ctx.put(Cf::Data, &keys::data_key(&c.key), &encode_value(&v))
+                        }
+                        Some(New::Delete(true)) => ctx.delete(Cf::Data, &keys::data_key(&c.key)),
+                        _ => {}
+                    }
+                }
+                CmdResult::Cas(CompareAndSwapResponse {
+                    succeeded: holds,
+                    found: current.is_some(),
+                    current_value: current.unwrap_or_default(),
+                })
+            }
+            Op::BatchPut(b) => {
+                for p in &b.pairs {
+                    check_key(shard, &p.key)?;
+                }
+                for p in &b.pairs {
+                    ctx.put(Cf::Data, &keys::data_key(&p.key), &encode_value(&p.value));
+                }
+                CmdResult::BatchPut(BatchPutResponse {})
+            }
+        })
+    }
+
+    /// Drops de-dup records older than the window, a bounded number at a time.
+    fn expire_dedup(ctx: &mut ApplyContext<'_>) -> Result<()> {
+        if ctx.index % DEDUP_GC_EVERY != 0 || ctx.index <= DEDUP_WINDOW_ENTRIES {
+            return Ok(());
+        }
+        let shard_id = ctx.shard.id;
+        let (lo, hi) = keys::meta_dedup_by_index_range(shard_id, ctx.index - DEDUP_WINDOW_ENTRIES);
+        for k in ctx.scan_committed(Cf::Meta, &lo, &hi, DEDUP_GC_MAX)? {
+            let id = keys::dedup_by_index_request_id(&k).to_vec();
+            ctx.delete(Cf::Meta, &keys::meta_dedup_key(shard_id, &id));
+            ctx.delete(Cf::Meta, &k);
+        }
+        Ok(())
+    }
+}
+
+impl StateMachine for ShardStateMachine {
+    type Command = ShardCommand;
+    type Response = ShardCommandResult;
+
+    fn apply(&mut self, ctx: &mut ApplyContext<'_>, cmd: ShardCommand) -> Result<ShardCommandResult> {
+        Self::expire_dedup(ctx)?;
+        let shard_id = ctx.shard.id;
+        let dedup_key = (!cmd.request_id.is_empty())
+            .then(|| keys::meta_dedup_key(shard_id, &cmd.request_id));
+        if let Some(k) = &dedup_key {
+            if let Some(b) = ctx.get(Cf::Meta, k)? {
+                let rec = DedupRecord::decode(b.as_slice())
+                    .map_err(|e| Error::Corrupt(format!("dedup record: {e}")))?;
+                return Ok(rec.result.unwrap_or_default());
+            }
+        }
+        let version = ctx.shard.epoch.as_ref().map_or(0, |e| e.version);
+        let result = if cmd.epoch_version != version {
+            // Routed with an old range: refuse, the router refreshes and retries.
+            err_result(Error::EpochMismatch(Box::new(ctx.shard.clone())))
+        } else {
+            match cmd.op {
+                Some(op) => match Self::execute(ctx, op) {
+                    Ok(r) => ok(r),
+                    Err(e @ (Error::KeyNotInShard { .. } | Error::InvalidArgument { .. })) => {
+                        err_result(e)
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => err_result(Error::invalid("op", "missing")),
+            }
+        };
+        // Only outcomes that changed (or decided) something are remembered:
+        // an epoch refusal is retried under the same id after re-routing.
+        let decided = !matches!(
+            result.result,
+            Some(CmdResult::Error(ShardError { kind: Some(Kind::EpochMismatch(_)) }))
+        );
+        if let (Some(k), true) = (dedup_key, decided) {
+            let rec = DedupRecord { index: ctx.index, result: Some(result.clone()) };
+            ctx.put(Cf::Meta, &k, &rec.encode_to_vec());
+            ctx.put(Cf::Meta, &keys::meta_dedup_by_index_key(shard_id, ctx.index, &cmd.request_id), &[]);
+        }
+        Ok(result)
+    }
+
+    fn undecodable(&self, reason: String) -> ShardCommandResult {
+        err_result(Error::invalid("command", reason))
+    }
+
+    fn state_ranges(shard: &ShardDescriptor) -> Vec<StateRange> {
+        let (lo, hi) = keys::data_range(shard.start, shard.end);
+        let (dlo, dhi) = keys::meta_dedup_range(shard.id);
+        vec![StateRange { cf: Cf::Data, lo, hi }, StateRange { cf: Cf::Meta, lo: dlo, hi: dhi }]
+    }
+}
+
+/// Turns a command result into the typed error it carries, if any.
+pub fn into_result(r: ShardCommandResult) -> Result<CmdResult> {
+    match r.result {
+        Some(CmdResult::Error(e)) => Err(Error::from_proto(e)),
+        Some(other) => Ok(other),
+        None => Err(Error::Corrupt("empty command result".into())),
+    }
+}
