@@ -64,6 +64,29 @@ pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
+/// Creates every shard's first replicas on the nodes they name (idempotent).
+pub async fn bootstrap_shards(addrs: &HashMap<u64, String>, shards: &[ShardDescriptor]) -> anyhow_lite::Result<()> {
+    for (&node_id, addr) in addrs {
+        let mut admin = AdminClient::new(connect(addr).await?);
+        let peers = addrs
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, a)| NodeAddress { node_id: *id, address: a.clone() })
+            .collect();
+        admin.set_node_addresses(SetNodeAddressesRequest { nodes: peers }).await?;
+        for s in shards.iter().filter(|s| s.replicas.iter().any(|r| r.node_id == node_id)) {
+            admin
+                .create_replica(CreateReplicaRequest {
+                    shard: Some(s.clone()),
+                    replica_id: replica_id(s.id, node_id),
+                    bootstrap: true,
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 pub struct LocalCluster {
     pub base: PathBuf,
     pub configs: Vec<StorenodeConfig>,
@@ -80,13 +103,33 @@ impl LocalCluster {
         shards: u64,
         tweak: impl Fn(&mut StorenodeConfig),
     ) -> anyhow_lite::Result<LocalCluster> {
+        Self::start_with(base, n, shards, None, tweak).await
+    }
+
+    /// Like [`LocalCluster::start`] on fixed ports: gRPC on `port + i`, HTTP
+    /// on `port + 100 + i` for node `i + 1` (so a restart finds the same cluster).
+    pub async fn start_at(base: &Path, n: u64, shards: u64, port: u16) -> anyhow_lite::Result<LocalCluster> {
+        Self::start_with(base, n, shards, Some(port), |_| {}).await
+    }
+
+    async fn start_with(
+        base: &Path,
+        n: u64,
+        shards: u64,
+        port: Option<u16>,
+        tweak: impl Fn(&mut StorenodeConfig),
+    ) -> anyhow_lite::Result<LocalCluster> {
         let mut configs = Vec::new();
         let mut nodes = Vec::new();
         for id in 1..=n {
+            let (grpc, http) = match port {
+                Some(p) => (p + id as u16 - 1, p + 100 + id as u16 - 1),
+                None => (0, 0),
+            };
             let mut cfg = StorenodeConfig {
                 node_id: id,
-                listen_addr: ([127, 0, 0, 1], 0).into(),
-                http_addr: Some(([127, 0, 0, 1], 0).into()),
+                listen_addr: ([127, 0, 0, 1], grpc).into(),
+                http_addr: Some(([127, 0, 0, 1], http).into()),
                 data_dir: base.join(format!("storenode-{id}")),
                 ..Default::default()
             };
@@ -113,18 +156,7 @@ impl LocalCluster {
         let node_ids: Vec<u64> = (1..=n).collect();
         let shards = even_shards(shards, &node_ids);
         let cluster = LocalCluster { base: base.to_path_buf(), configs, nodes, shards };
-        for (i, cfg) in cluster.configs.iter().enumerate() {
-            let mut admin = AdminClient::new(connect(&cfg.listen_addr.to_string()).await?);
-            for s in &cluster.shards {
-                admin
-                    .create_replica(CreateReplicaRequest {
-                        shard: Some(s.clone()),
-                        replica_id: replica_id(s.id, i as u64 + 1),
-                        bootstrap: true,
-                    })
-                    .await?;
-            }
-        }
+        bootstrap_shards(&cluster.addresses(), &cluster.shards).await?;
         Ok(cluster)
     }
 

@@ -1100,3 +1100,88 @@ fn maybe_compact<S: StateMachine>(r: &mut ReplicaFsm<S>, wb: &mut WriteBatch, th
         tracing::warn!(shard = r.shard.id, "log compaction: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::ShardStateMachine;
+    use ringkv_proto::kv::PutRequest;
+    use ringkv_proto::storage::{shard_command::Op, ShardCommand};
+
+    struct NoNetwork;
+
+    impl Transport for NoNetwork {
+        fn send(&self, _: u64, _: Vec<RaftMessage>) -> bool {
+            true
+        }
+        fn send_snapshot(&self, _: u64, _: u64, _: RaftMessage, _: PathBuf) {}
+        fn address(&self, _: u64) -> Option<String> {
+            None
+        }
+    }
+
+    fn single_voter_shard(id: u64) -> ShardDescriptor {
+        let width = u64::MAX / 16;
+        ShardDescriptor {
+            id,
+            start: (id - 1) * width,
+            end: id * width,
+            epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+            replicas: vec![Replica { replica_id: id * 10, node_id: 1, role: ReplicaRole::Voter as i32 }],
+        }
+    }
+
+    /// Eight replicas each with a proposal in the same pass: their entries
+    /// and hard states go to disk in one synced WriteBatch.
+    #[test]
+    fn one_fsync_per_pass_for_all_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let metrics = Arc::new(Metrics::new(1));
+        let cfg = LoopConfig::new(1, dir.path().join("snap"));
+        let (mut lp, _h) =
+            RaftLoop::new(cfg, engine, NoNetwork, metrics.clone(), ShardStateMachine::default).unwrap();
+        const N: u64 = 8;
+        for id in 1..=N {
+            let (tx, mut rx) = oneshot::channel();
+            lp.handle(Msg::CreateReplica { shard: single_voter_shard(id), replica_id: id * 10, bootstrap: true, cb: tx });
+            rx.try_recv().unwrap().unwrap();
+        }
+        // Single voters elect themselves once their election timeout passes.
+        for _ in 0..40 {
+            lp.tick();
+            lp.poll();
+        }
+        assert!(lp.replicas.values().all(|r| r.is_leader), "every replica leads");
+        while !lp.dirty.is_empty() {
+            lp.poll();
+        }
+        let fsyncs = metrics.raft_fsyncs.get();
+        let hist_before = metrics.raft_readies_per_fsync.get_sample_sum();
+        let mut answers = Vec::new();
+        for id in 1..=N {
+            let shard = single_voter_shard(id);
+            // A key that hashes into this shard.
+            let key = (0u32..)
+                .map(|i| format!("k{i}").into_bytes())
+                .find(|k| keys::in_range(keys::key_hash(k), shard.start, shard.end))
+                .unwrap();
+            let cmd = ShardCommand {
+                request_id: vec![],
+                epoch_version: 1,
+                op: Some(Op::Put(PutRequest { context: None, key, value: b"v".to_vec() })),
+            };
+            let (tx, rx) = oneshot::channel();
+            lp.handle(Msg::Propose { shard_id: id, epoch_version: Some(1), cmd, cb: tx });
+            answers.push(rx);
+        }
+        lp.poll();
+        assert_eq!(metrics.raft_fsyncs.get(), fsyncs + 1, "one fsync for {N} replicas");
+        assert_eq!(metrics.raft_readies_per_fsync.get_sample_sum() - hist_before, N as f64);
+        // Single voters commit on their own persist: every proposal is answered.
+        for mut rx in answers {
+            let r = rx.try_recv().expect("answered in the same pass").expect("applied");
+            assert!(crate::shard::into_result(r).is_ok());
+        }
+    }
+}

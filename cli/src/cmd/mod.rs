@@ -1,0 +1,53 @@
+//! Subcommand dispatch.
+
+pub mod bench;
+pub mod playground;
+pub mod storenode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ringkv", version, about = "ringkv: a sharded, linearizable key-value store")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a storenode server.
+    Storenode(storenode::Args),
+    /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
+    Playground(playground::Args),
+    /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
+    Bench(bench::Args),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Storenode(a) => storenode::run(a).await,
+        Command::Playground(a) => playground::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,83 @@
+//! `ringkv storenode`: runs one storenode until Ctrl-C / SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use ringkv_storenode::config::Peer;
+use ringkv_storenode::{Storenode, StorenodeConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML config file; flags given on the command line override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// gRPC listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Another storenode, as ID=ADDRESS (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Raft tick in milliseconds.
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
+    /// Compact a replica's log past this many applied entries.
+    #[arg(long)]
+    compact_log_entries: Option<u64>,
+}
+
+fn parse_peer(s: &str) -> anyhow::Result<Peer> {
+    let Some((id, addr)) = s.split_once('=') else { bail!("--peer {s:?}: expected ID=ADDRESS") };
+    let node_id = id.parse().with_context(|| format!("--peer {s:?}: bad node id"))?;
+    Ok(Peer { node_id, address: addr.to_string() })
+}
+
+pub fn config(a: &Args) -> anyhow::Result<StorenodeConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => StorenodeConfig::from_file(p)?,
+        None => StorenodeConfig::default(),
+    };
+    if let Some(v) = a.node_id {
+        cfg.node_id = v;
+        if a.data_dir.is_none() && a.config.is_none() {
+            cfg.data_dir = PathBuf::from(format!("ringkv-data/storenode-{v}"));
+        }
+    }
+    if let Some(v) = a.listen {
+        cfg.listen_addr = v;
+    }
+    if let Some(v) = a.http {
+        cfg.http_addr = Some(v);
+    }
+    if let Some(v) = &a.data_dir {
+        cfg.data_dir = v.clone();
+    }
+    for p in &a.peers {
+        cfg.peers.push(parse_peer(p)?);
+    }
+    if let Some(v) = a.raft_tick_ms {
+        cfg.raft.tick_ms = v;
+    }
+    if let Some(v) = a.compact_log_entries {
+        cfg.raft.compact_log_entries = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let cfg = config(&a)?;
+    let h = Storenode::start(cfg).await?;
+    println!("storenode {} serving gRPC on {} (http {:?})", h.node_id, h.grpc_addr, h.http_addr);
+    super::shutdown_signal().await;
+    tracing::info!("shutting down");
+    h.shutdown().await;
+    Ok(())
+}
