@@ -48,21 +48,17 @@ impl Error {
         let kind = match self {
             Error::NotLeader { shard_id, leader, leader_address } => Kind::NotLeader(pb::NotLeader {
                 shard_id: *shard_id,
-                leader: leader.clone(),
+                leader: *leader,
                 leader_address: leader_address.clone(),
             }),
-            Error::EpochMismatch(d) => {
-                Kind::EpochMismatch(pb::EpochMismatch { current: Some((**d).clone()) })
-            }
+            Error::EpochMismatch(d) => Kind::EpochMismatch(pb::EpochMismatch { current: Some((**d).clone()) }),
             Error::ShardNotFound(id) => Kind::ShardNotFound(pb::ShardNotFound { shard_id: *id }),
-            Error::KeyNotInShard { key, shard } => Kind::KeyNotInShard(pb::KeyNotInShard {
-                key: key.clone(),
-                shard: Some((**shard).clone()),
-            }),
-            Error::InvalidArgument { field, reason } => Kind::InvalidArgument(pb::InvalidArgument {
-                field: field.clone(),
-                reason: reason.clone(),
-            }),
+            Error::KeyNotInShard { key, shard } => {
+                Kind::KeyNotInShard(pb::KeyNotInShard { key: key.clone(), shard: Some((**shard).clone()) })
+            }
+            Error::InvalidArgument { field, reason } => {
+                Kind::InvalidArgument(pb::InvalidArgument { field: field.clone(), reason: reason.clone() })
+            }
             Error::Ambiguous(r) => Kind::Ambiguous(pb::Ambiguous { reason: r.clone() }),
             Error::Retryable(r) => Kind::Retryable(pb::Retryable { reason: r.clone() }),
             Error::Stopped => Kind::Retryable(pb::Retryable { reason: self.to_string() }),
@@ -75,21 +71,15 @@ impl Error {
     /// Rebuilds the error from its wire form (the inverse of [`Error::to_proto`]).
     pub fn from_proto(e: pb::ShardError) -> Error {
         match e.kind {
-            Some(Kind::NotLeader(n)) => Error::NotLeader {
-                shard_id: n.shard_id,
-                leader: n.leader,
-                leader_address: n.leader_address,
-            },
-            Some(Kind::EpochMismatch(m)) => {
-                Error::EpochMismatch(Box::new(m.current.unwrap_or_default()))
+            Some(Kind::NotLeader(n)) => {
+                Error::NotLeader { shard_id: n.shard_id, leader: n.leader, leader_address: n.leader_address }
             }
+            Some(Kind::EpochMismatch(m)) => Error::EpochMismatch(Box::new(m.current.unwrap_or_default())),
             Some(Kind::ShardNotFound(s)) => Error::ShardNotFound(s.shard_id),
             Some(Kind::KeyNotInShard(k)) => {
                 Error::KeyNotInShard { key: k.key, shard: Box::new(k.shard.unwrap_or_default()) }
             }
-            Some(Kind::InvalidArgument(i)) => {
-                Error::InvalidArgument { field: i.field, reason: i.reason }
-            }
+            Some(Kind::InvalidArgument(i)) => Error::InvalidArgument { field: i.field, reason: i.reason },
             Some(Kind::Ambiguous(a)) => Error::Ambiguous(a.reason),
             Some(Kind::Retryable(r)) => Error::Retryable(r.reason),
             Some(Kind::ServerBusy(b)) => Error::Busy(b.reason),
@@ -99,9 +89,7 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Error::NotLeader { .. } | Error::EpochMismatch(_) | Error::KeyNotInShard { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::NotLeader { .. } | Error::EpochMismatch(_) | Error::KeyNotInShard { .. } => Code::FailedPrecondition,
             Error::ShardNotFound(_) => Code::NotFound,
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::Ambiguous(_) => Code::DeadlineExceeded,

@@ -2,9 +2,7 @@
 //! storenodes may share a process in tests). Names follow Prometheus
 //! conventions: `ringkv_` prefix, units in the name, `_total` for counters.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -50,18 +48,13 @@ fn shard_gauge(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
 
 impl Metrics {
     pub fn new(node_id: u64) -> Metrics {
-        let registry = Registry::new_custom(
-            None,
-            Some([("node".to_string(), node_id.to_string())].into_iter().collect()),
-        )
-        .expect("valid registry");
+        let registry =
+            Registry::new_custom(None, Some([("node".to_string(), node_id.to_string())].into_iter().collect()))
+                .expect("valid registry");
         let r = &registry;
         let count_buckets = vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
-        let snapshots = IntCounterVec::new(
-            Opts::new("ringkv_raft_snapshots_total", "Snapshots by event"),
-            &["event"],
-        )
-        .expect("valid metric");
+        let snapshots = IntCounterVec::new(Opts::new("ringkv_raft_snapshots_total", "Snapshots by event"), &["event"])
+            .expect("valid metric");
         r.register(Box::new(snapshots.clone())).expect("unique metric");
         let requests = IntCounterVec::new(
             Opts::new("ringkv_storenode_requests_total", "ShardKv requests by method and result"),
@@ -70,11 +63,8 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(requests.clone())).expect("unique metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ringkv_storenode_request_duration_seconds",
-                "ShardKv request latency by method",
-            )
-            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+            HistogramOpts::new("ringkv_storenode_request_duration_seconds", "ShardKv request latency by method")
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
             &["method"],
         )
         .expect("valid metric");
@@ -109,11 +99,7 @@ impl Metrics {
                 "ringkv_raft_messages_received_total",
                 "Raft messages received from peers",
             ),
-            raft_entries_applied: counter(
-                r,
-                "ringkv_raft_entries_applied_total",
-                "Committed entries applied",
-            ),
+            raft_entries_applied: counter(r, "ringkv_raft_entries_applied_total", "Committed entries applied"),
             raft_loop_passes: counter(r, "ringkv_raft_loop_passes_total", "Raft loop passes"),
             snapshots,
             requests,

@@ -78,13 +78,8 @@ impl Storenode {
         lcfg.heartbeat_ticks = cfg.raft.heartbeat_ticks;
         lcfg.compact_log_entries = cfg.raft.compact_log_entries;
         let cell = Arc::new(OnceLock::new());
-        let transport = GrpcTransport::new(
-            node_id,
-            book.clone(),
-            tokio::runtime::Handle::current(),
-            cell.clone(),
-            metrics.clone(),
-        );
+        let transport =
+            GrpcTransport::new(node_id, book.clone(), tokio::runtime::Handle::current(), cell.clone(), metrics.clone());
         let (m2, path2) = (metrics.clone(), db_path.clone());
         // Opening RocksDB and loading every replica blocks: not on a tokio worker.
         let (raft_loop, loop_handle, engine) = tokio::task::spawn_blocking(move || {

@@ -14,8 +14,8 @@ use parking_lot::RwLock;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::{
     compare_and_swap_request::{Expected, New},
-    CompareAndSwapRequest, CompareAndSwapResponse, DeleteRequest, GetRequest, PutRequest,
-    ReadConsistency, RequestContext,
+    CompareAndSwapRequest, CompareAndSwapResponse, DeleteRequest, GetRequest, PutRequest, ReadConsistency,
+    RequestContext,
 };
 use ringkv_proto::meta::{Epoch, Replica, ReplicaRole, ShardDescriptor};
 use ringkv_proto::raft::admin_client::AdminClient;
@@ -290,7 +290,7 @@ impl ShardClient {
     }
 
     fn context(shard: &ShardDescriptor, request_id: &[u8]) -> RequestContext {
-        RequestContext { shard_id: shard.id, epoch: shard.epoch.clone(), request_id: request_id.to_vec() }
+        RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: request_id.to_vec() }
     }
 
     /// Runs `f` against the shard of `key` until it succeeds, fails for good,
@@ -306,9 +306,12 @@ impl ShardClient {
         let mut attempt = 0usize;
         loop {
             let shard = self.shard_for(key);
-            let node = self.leaders.read().get(&shard.id).copied().unwrap_or_else(|| {
-                shard.replicas[attempt % shard.replicas.len().max(1)].node_id
-            });
+            let node = self
+                .leaders
+                .read()
+                .get(&shard.id)
+                .copied()
+                .unwrap_or_else(|| shard.replicas[attempt % shard.replicas.len().max(1)].node_id);
             let res = match self.kv(node).await {
                 Ok(c) => f(c, Self::context(&shard, &request_id)).await.map_err(|s| classify(&s)),
                 Err(e) => Err(e),
@@ -321,7 +324,11 @@ impl ShardClient {
                 Error::NotLeader { leader: Some(l), .. } => {
                     self.leaders.write().insert(shard.id, l.node_id);
                 }
-                Error::NotLeader { .. } | Error::Retryable(_) | Error::Stopped | Error::Ambiguous(_) | Error::Busy(_) => {
+                Error::NotLeader { .. }
+                | Error::Retryable(_)
+                | Error::Stopped
+                | Error::Ambiguous(_)
+                | Error::Busy(_) => {
                     self.leaders.write().remove(&shard.id);
                     attempt += 1;
                 }

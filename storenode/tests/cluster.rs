@@ -8,8 +8,7 @@ use ringkv_proto::kv::{GetRequest, PutRequest, ReadConsistency, RequestContext};
 use ringkv_proto::meta::{Replica, ReplicaRole};
 use ringkv_proto::raft::admin_client::AdminClient;
 use ringkv_proto::raft::{
-    ChangeKind, ChangeReplicasRequest, CreateReplicaRequest, ReplicaChange, ShardStatusRequest,
-    TransferLeaderRequest,
+    ChangeKind, ChangeReplicasRequest, CreateReplicaRequest, ReplicaChange, ShardStatusRequest, TransferLeaderRequest,
 };
 use ringkv_storenode::testkit::{classify, connect, LocalCluster};
 use ringkv_storenode::Error;
@@ -45,7 +44,7 @@ async fn local_read(c: &LocalCluster, node: u64, key: &[u8]) -> Option<Option<Ve
     let mut kv = ShardKvClient::new(connect(&c.addr(node)).await.ok()?);
     let r = kv
         .get(GetRequest {
-            context: Some(RequestContext { shard_id: shard.id, epoch: shard.epoch.clone(), request_id: vec![] }),
+            context: Some(RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: vec![] }),
             key: key.to_vec(),
             consistency: ReadConsistency::Stale as i32,
         })

@@ -74,11 +74,7 @@ async fn phase(client: &ShardClient, a: &Args, write: bool) -> anyhow::Result<Ph
                 let key = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys).to_be_bytes();
                 i += 7919;
                 let t = Instant::now();
-                let ok = if write {
-                    client.put(&key, &value).await.is_ok()
-                } else {
-                    client.get(&key).await.is_ok()
-                };
+                let ok = if write { client.put(&key, &value).await.is_ok() } else { client.get(&key).await.is_ok() };
                 if ok {
                     ops += 1;
                     let _ = local.record(t.elapsed().as_micros() as u64);
@@ -101,7 +97,10 @@ async fn phase(client: &ShardClient, a: &Args, write: bool) -> anyhow::Result<Ph
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(a.clients >= 1 && a.keys >= 1 && a.duration >= 1, "--clients, --keys and --duration must be positive");
+    anyhow::ensure!(
+        a.clients >= 1 && a.keys >= 1 && a.duration >= 1,
+        "--clients, --keys and --duration must be positive"
+    );
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let cluster = LocalCluster::start(&dir, a.storenodes, a.shards, |_| {})

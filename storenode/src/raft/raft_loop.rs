@@ -29,8 +29,8 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
-    Entry, EntryType, Message as RaftMsg, MessageType,
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    Message as RaftMsg, MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 use ringkv_proto::kv::ReadConsistency;
@@ -89,9 +89,18 @@ pub type Callback<T> = oneshot::Sender<Result<T>>;
 /// What the loop is asked to do.
 pub enum Msg<S: StateMachine> {
     /// A Raft message from a peer.
-    Raft { shard_id: u64, from_node: u64, msg: Box<RaftMsg> },
+    Raft {
+        shard_id: u64,
+        from_node: u64,
+        msg: Box<RaftMsg>,
+    },
     /// Propose a command; answered once it is applied (or certainly dropped).
-    Propose { shard_id: u64, epoch_version: Option<u64>, cmd: S::Command, cb: Callback<S::Response> },
+    Propose {
+        shard_id: u64,
+        epoch_version: Option<u64>,
+        cmd: S::Command,
+        cb: Callback<S::Response>,
+    },
     /// Answered with the shard once a read of it at this consistency is safe.
     Read {
         shard_id: u64,
@@ -105,16 +114,39 @@ pub enum Msg<S: StateMachine> {
         changes: Vec<ReplicaChange>,
         cb: Callback<ShardDescriptor>,
     },
-    TransferLeader { shard_id: u64, to_replica_id: u64, cb: Callback<()> },
-    CreateReplica { shard: ShardDescriptor, replica_id: u64, bootstrap: bool, cb: Callback<()> },
-    RemoveReplica { shard_id: u64, cb: Callback<()> },
-    Status { shard_ids: Vec<u64>, cb: oneshot::Sender<Vec<ReplicaStatus>> },
+    TransferLeader {
+        shard_id: u64,
+        to_replica_id: u64,
+        cb: Callback<()>,
+    },
+    CreateReplica {
+        shard: ShardDescriptor,
+        replica_id: u64,
+        bootstrap: bool,
+        cb: Callback<()>,
+    },
+    RemoveReplica {
+        shard_id: u64,
+        cb: Callback<()>,
+    },
+    Status {
+        shard_ids: Vec<u64>,
+        cb: oneshot::Sender<Vec<ReplicaStatus>>,
+    },
     /// A snapshot stream to `to` (a replica id) finished.
-    SnapshotSent { shard_id: u64, to: u64, ok: bool },
+    SnapshotSent {
+        shard_id: u64,
+        to: u64,
+        ok: bool,
+    },
     /// A snapshot file finished generating (or failed).
-    SnapshotGenerated { shard_id: u64 },
+    SnapshotGenerated {
+        shard_id: u64,
+    },
     /// The stream to a node broke: its replicas' leaders should probe again.
-    Unreachable { node_id: u64 },
+    Unreachable {
+        node_id: u64,
+    },
     Shutdown,
 }
 
@@ -451,8 +483,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
     fn not_leader(&self, r: &ReplicaFsm<S>) -> Error {
         let lid = r.raw.raft.leader_id;
         let leader = r.shard.replicas.iter().find(|p| p.replica_id == lid && lid != 0).cloned();
-        let leader_address =
-            leader.as_ref().and_then(|l| self.transport.address(l.node_id)).unwrap_or_default();
+        let leader_address = leader.as_ref().and_then(|l| self.transport.address(l.node_id)).unwrap_or_default();
         Error::NotLeader { shard_id: r.shard.id, leader, leader_address }
     }
 
@@ -527,7 +558,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         changes: Vec<ReplicaChange>,
     ) -> Result<(u64, u64)> {
         let r = self.leader(shard_id)?;
-        let current = r.shard.epoch.clone().unwrap_or_default();
+        let current = r.shard.epoch.unwrap_or_default();
         if let Some(e) = epoch {
             if e.conf_ver != current.conf_ver || e.version != current.version {
                 return Err(Error::EpochMismatch(Box::new(r.shard.clone())));
@@ -539,7 +570,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let mut replicas = r.shard.replicas.clone();
         let mut singles = Vec::new();
         for ch in &changes {
-            let rep = ch.replica.clone().ok_or_else(|| Error::invalid("replica", "missing"))?;
+            let rep = ch.replica.ok_or_else(|| Error::invalid("replica", "missing"))?;
             if rep.replica_id == 0 || rep.node_id == 0 {
                 return Err(Error::invalid("replica", "replica_id and node_id must be non-zero"));
             }
@@ -554,7 +585,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             };
             if kind != ChangeKind::Remove {
                 replicas.retain(|p| p.replica_id != rep.replica_id);
-                replicas.push(rep.clone());
+                replicas.push(rep);
             }
             let mut single = ConfChangeSingle::default();
             single.set_change_type(ty);
@@ -601,12 +632,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             if !shard.replicas.iter().any(|p| p.replica_id == replica_id) {
                 return Err(Error::invalid("replica_id", "not among the shard's replicas"));
             }
-            let voters = shard
-                .replicas
-                .iter()
-                .filter(|p| p.role == ReplicaRole::Voter as i32)
-                .map(|p| p.replica_id)
-                .collect();
+            let voters =
+                shard.replicas.iter().filter(|p| p.role == ReplicaRole::Voter as i32).map(|p| p.replica_id).collect();
             RaftStorage::bootstrap(&self.engine, &mut wb, shard.id, voters);
         }
         let state = ReplicaState { shard: Some(shard), replica_id, ..Default::default() };
@@ -691,7 +718,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 !w.is_empty()
             });
         }
-        if self.ticks % 10 == 0 {
+        if self.ticks.is_multiple_of(10) {
             self.update_gauges();
         }
     }
@@ -739,12 +766,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 continue;
             };
             let to_replica = m.to;
-            let wire = RaftMessage {
-                shard_id: r.shard.id,
-                from_node: node_id,
-                to_node,
-                message: encode(&m),
-            };
+            let wire = RaftMessage { shard_id: r.shard.id, from_node: node_id, to_node, message: encode(&m) };
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 let md = m.get_snapshot().get_metadata();
                 let path = snap_dir.generated(r.shard.id, md.term, md.index);
@@ -954,7 +976,7 @@ impl<S: StateMachine> ReplicaFsm<S> {
                 if w.leader_only {
                     let _ = w.cb.send(Err(Error::NotLeader {
                         shard_id: self.shard.id,
-                        leader: leader.clone(),
+                        leader,
                         leader_address: String::new(),
                     }));
                 } else {
@@ -1139,12 +1161,16 @@ mod tests {
         let engine = Engine::open(&dir.path().join("db")).unwrap();
         let metrics = Arc::new(Metrics::new(1));
         let cfg = LoopConfig::new(1, dir.path().join("snap"));
-        let (mut lp, _h) =
-            RaftLoop::new(cfg, engine, NoNetwork, metrics.clone(), ShardStateMachine::default).unwrap();
+        let (mut lp, _h) = RaftLoop::new(cfg, engine, NoNetwork, metrics.clone(), ShardStateMachine::default).unwrap();
         const N: u64 = 8;
         for id in 1..=N {
             let (tx, mut rx) = oneshot::channel();
-            lp.handle(Msg::CreateReplica { shard: single_voter_shard(id), replica_id: id * 10, bootstrap: true, cb: tx });
+            lp.handle(Msg::CreateReplica {
+                shard: single_voter_shard(id),
+                replica_id: id * 10,
+                bootstrap: true,
+                cb: tx,
+            });
             rx.try_recv().unwrap().unwrap();
         }
         // Single voters elect themselves once their election timeout passes.

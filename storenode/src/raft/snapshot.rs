@@ -141,13 +141,11 @@ pub fn generate(
     let snap = db.snapshot();
     let get = |cf: Cf, key: &[u8]| snap.get_cf(engine.cf(cf), key);
     let apply: ApplyState = match get(Cf::Meta, &keys::meta_apply_state_key(shard_id))? {
-        Some(b) => prost::Message::decode(b.as_slice())
-            .map_err(|e| Error::Corrupt(format!("apply state: {e}")))?,
+        Some(b) => prost::Message::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("apply state: {e}")))?,
         None => return Err(Error::ShardNotFound(shard_id)),
     };
     let state: ReplicaState = match get(Cf::Meta, &keys::meta_replica_state_key(shard_id))? {
-        Some(b) => prost::Message::decode(b.as_slice())
-            .map_err(|e| Error::Corrupt(format!("replica state: {e}")))?,
+        Some(b) => prost::Message::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("replica state: {e}")))?,
         None => return Err(Error::ShardNotFound(shard_id)),
     };
     let shard = state.shard.unwrap_or_default();
@@ -188,8 +186,7 @@ pub fn generate(
 
 /// The [`SnapshotData`] inside a raft-rs snapshot.
 pub fn snapshot_data(s: &Snapshot) -> Result<SnapshotData> {
-    prost::Message::decode(s.data.as_ref())
-        .map_err(|e| Error::Corrupt(format!("snapshot data: {e}")))
+    prost::Message::decode(s.data.as_ref()).map_err(|e| Error::Corrupt(format!("snapshot data: {e}")))
 }
 
 /// The conf state a snapshot carries.
@@ -244,8 +241,7 @@ pub fn write_data(engine: &Engine, path: &Path, ranges: &[StateRange]) -> Result
         if cf[0] == END {
             break;
         }
-        let cf = Cf::from_u8(cf[0])
-            .ok_or_else(|| Error::Corrupt(format!("{}: bad column family", path.display())))?;
+        let cf = Cf::from_u8(cf[0]).ok_or_else(|| Error::Corrupt(format!("{}: bad column family", path.display())))?;
         let k = read_chunk(&mut f)?;
         let v = read_chunk(&mut f)?;
         if !ranges.iter().any(|r| r.cf == cf && r.lo.as_slice() <= &k[..] && &k[..] < r.hi.as_slice()) {

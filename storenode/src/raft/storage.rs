@@ -128,12 +128,7 @@ impl RaftStorage {
         };
         let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
         engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(shard_id), &encode(&hs));
-        engine.put_cf(
-            wb,
-            Cf::Meta,
-            &keys::meta_apply_state_key(shard_id),
-            &prost::Message::encode_to_vec(&apply),
-        );
+        engine.put_cf(wb, Cf::Meta, &keys::meta_apply_state_key(shard_id), &prost::Message::encode_to_vec(&apply));
     }
 
     pub fn shard_id(&self) -> u64 {
@@ -321,14 +316,10 @@ impl raft::Storage for RaftStorage {
             let mut it = self.engine.iter_range(Cf::Raft, &lo, &hi);
             while it.valid() {
                 let v = it.value().unwrap_or_default();
-                let e = Entry::parse_from_bytes(v).map_err(|e| {
-                    to_raft_err(Error::Corrupt(format!("shard {} entry: {e}", self.shard_id)))
-                })?;
+                let e = Entry::parse_from_bytes(v)
+                    .map_err(|e| to_raft_err(Error::Corrupt(format!("shard {} entry: {e}", self.shard_id))))?;
                 if e.index != next {
-                    return Err(to_raft_err(Error::Corrupt(format!(
-                        "shard {}: log gap at {next}",
-                        self.shard_id
-                    ))));
+                    return Err(to_raft_err(Error::Corrupt(format!("shard {}: log gap at {next}", self.shard_id))));
                 }
                 size += e.compute_size() as u64;
                 if !out.is_empty() && size > max_size {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use ringkv_proto::raft::admin_server::Admin;
 use ringkv_proto::raft::{
-    ChangeReplicasRequest, ChangeReplicasResponse, CreateReplicaRequest, CreateReplicaResponse,
-    RemoveReplicaRequest, RemoveReplicaResponse, SetNodeAddressesRequest, SetNodeAddressesResponse,
-    ShardStatusRequest, ShardStatusResponse, TransferLeaderRequest, TransferLeaderResponse,
+    ChangeReplicasRequest, ChangeReplicasResponse, CreateReplicaRequest, CreateReplicaResponse, RemoveReplicaRequest,
+    RemoveReplicaResponse, SetNodeAddressesRequest, SetNodeAddressesResponse, ShardStatusRequest, ShardStatusResponse,
+    TransferLeaderRequest, TransferLeaderResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -77,8 +77,7 @@ impl Admin for AdminService {
         let req = req.into_inner();
         let (shard_id, epoch, changes) = (req.shard_id, req.epoch, req.changes);
         self.timed(async {
-            let shard =
-                self.loop_handle.call(|cb| Msg::ChangeReplicas { shard_id, epoch, changes, cb }).await?;
+            let shard = self.loop_handle.call(|cb| Msg::ChangeReplicas { shard_id, epoch, changes, cb }).await?;
             Ok(ChangeReplicasResponse { shard: Some(shard) })
         })
         .await
@@ -112,10 +111,7 @@ impl Admin for AdminService {
         Ok(Response::new(SetNodeAddressesResponse {}))
     }
 
-    async fn shard_status(
-        &self,
-        req: Request<ShardStatusRequest>,
-    ) -> Result<Response<ShardStatusResponse>, Status> {
+    async fn shard_status(&self, req: Request<ShardStatusRequest>) -> Result<Response<ShardStatusResponse>, Status> {
         let shard_ids = req.into_inner().shard_ids;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.loop_handle.send(Msg::Status { shard_ids, cb: tx })?;

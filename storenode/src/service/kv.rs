@@ -9,8 +9,8 @@ use std::time::Instant;
 use ringkv_proto::kv::shard_kv_server::ShardKv;
 use ringkv_proto::kv::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
-    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetResult,
-    PutRequest, PutResponse, ReadConsistency, RequestContext,
+    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetResult, PutRequest, PutResponse,
+    ReadConsistency, RequestContext,
 };
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as CmdResult, ShardCommand};
@@ -34,7 +34,12 @@ pub struct KvService {
 }
 
 impl KvService {
-    pub fn new(loop_handle: LoopHandle<ShardStateMachine>, engine: Engine, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        loop_handle: LoopHandle<ShardStateMachine>,
+        engine: Engine,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         KvService { loop_handle, engine, limits, metrics }
     }
 
@@ -43,20 +48,14 @@ impl KvService {
             return Err(Error::invalid("key", "empty"));
         }
         if key.len() > self.limits.max_key_bytes {
-            return Err(Error::invalid(
-                "key",
-                format!("{} bytes, limit {}", key.len(), self.limits.max_key_bytes),
-            ));
+            return Err(Error::invalid("key", format!("{} bytes, limit {}", key.len(), self.limits.max_key_bytes)));
         }
         Ok(())
     }
 
     fn check_value(&self, v: &[u8]) -> Result<()> {
         if v.len() > self.limits.max_value_bytes {
-            return Err(Error::invalid(
-                "value",
-                format!("{} bytes, limit {}", v.len(), self.limits.max_value_bytes),
-            ));
+            return Err(Error::invalid("value", format!("{} bytes, limit {}", v.len(), self.limits.max_value_bytes)));
         }
         Ok(())
     }
@@ -102,8 +101,8 @@ impl KvService {
 
     /// Waits until reading `shard_id` at `consistency` is safe; returns the shard.
     async fn read_barrier(&self, ctx: &RequestContext, consistency: i32) -> Result<ShardDescriptor> {
-        let consistency = ReadConsistency::try_from(consistency)
-            .map_err(|_| Error::invalid("consistency", "unknown value"))?;
+        let consistency =
+            ReadConsistency::try_from(consistency).map_err(|_| Error::invalid("consistency", "unknown value"))?;
         let (shard_id, version) = (ctx.shard_id, ctx.epoch.as_ref().map(|e| e.version));
         let call = self.loop_handle.call(|cb| Msg::Read { shard_id, epoch_version: version, consistency, cb });
         match tokio::time::timeout(self.limits.request_timeout(), call).await {

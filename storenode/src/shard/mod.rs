@@ -12,8 +12,7 @@ use ringkv_proto::kv::{
 };
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::storage::{
-    shard_command::Op, shard_command_result::Result as CmdResult, DedupRecord, ShardCommand,
-    ShardCommandResult,
+    shard_command::Op, shard_command_result::Result as CmdResult, DedupRecord, ShardCommand, ShardCommandResult,
 };
 
 use crate::engine::Cf;
@@ -103,9 +102,7 @@ impl ShardStateMachine {
                 };
                 if holds {
                     match c.new {
-                        Some(New::NewValue(v)) => {
-                            ctx.put(Cf::Data, &keys::data_key(&c.key), &encode_value(&v))
-                        }
+                        Some(New::NewValue(v)) => ctx.put(Cf::Data, &keys::data_key(&c.key), &encode_value(&v)),
                         Some(New::Delete(true)) => ctx.delete(Cf::Data, &keys::data_key(&c.key)),
                         _ => {}
                     }
@@ -130,7 +127,7 @@ impl ShardStateMachine {
 
     /// Drops de-dup records older than the window, a bounded number at a time.
     fn expire_dedup(ctx: &mut ApplyContext<'_>) -> Result<()> {
-        if ctx.index % DEDUP_GC_EVERY != 0 || ctx.index <= DEDUP_WINDOW_ENTRIES {
+        if !ctx.index.is_multiple_of(DEDUP_GC_EVERY) || ctx.index <= DEDUP_WINDOW_ENTRIES {
             return Ok(());
         }
         let shard_id = ctx.shard.id;
@@ -151,12 +148,11 @@ impl StateMachine for ShardStateMachine {
     fn apply(&mut self, ctx: &mut ApplyContext<'_>, cmd: ShardCommand) -> Result<ShardCommandResult> {
         Self::expire_dedup(ctx)?;
         let shard_id = ctx.shard.id;
-        let dedup_key = (!cmd.request_id.is_empty())
-            .then(|| keys::meta_dedup_key(shard_id, &cmd.request_id));
+        let dedup_key = (!cmd.request_id.is_empty()).then(|| keys::meta_dedup_key(shard_id, &cmd.request_id));
         if let Some(k) = &dedup_key {
             if let Some(b) = ctx.get(Cf::Meta, k)? {
-                let rec = DedupRecord::decode(b.as_slice())
-                    .map_err(|e| Error::Corrupt(format!("dedup record: {e}")))?;
+                let rec =
+                    DedupRecord::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("dedup record: {e}")))?;
                 return Ok(rec.result.unwrap_or_default());
             }
         }
@@ -168,9 +164,7 @@ impl StateMachine for ShardStateMachine {
             match cmd.op {
                 Some(op) => match Self::execute(ctx, op) {
                     Ok(r) => ok(r),
-                    Err(e @ (Error::KeyNotInShard { .. } | Error::InvalidArgument { .. })) => {
-                        err_result(e)
-                    }
+                    Err(e @ (Error::KeyNotInShard { .. } | Error::InvalidArgument { .. })) => err_result(e),
                     Err(e) => return Err(e),
                 },
                 None => err_result(Error::invalid("op", "missing")),
@@ -178,10 +172,8 @@ impl StateMachine for ShardStateMachine {
         };
         // Only outcomes that changed (or decided) something are remembered:
         // an epoch refusal is retried under the same id after re-routing.
-        let decided = !matches!(
-            result.result,
-            Some(CmdResult::Error(ShardError { kind: Some(Kind::EpochMismatch(_)) }))
-        );
+        let decided =
+            !matches!(result.result, Some(CmdResult::Error(ShardError { kind: Some(Kind::EpochMismatch(_)) })));
         if let (Some(k), true) = (dedup_key, decided) {
             let rec = DedupRecord { index: ctx.index, result: Some(result.clone()) };
             ctx.put(Cf::Meta, &k, &rec.encode_to_vec());
