@@ -16,3 +16,9 @@ pub mod raft {
 pub mod storage {
     tonic::include_proto!("ringkv.storage");
 }
+pub mod placement {
+    tonic::include_proto!("ringkv.placement");
+}
+pub mod api {
+    tonic::include_proto!("ringkv.api");
+}

@@ -18,8 +18,17 @@ pub struct StorenodeConfig {
     /// HTTP address for /metrics, /healthz, /readyz.
     pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
-    /// Other storenodes: node id -> gRPC address.
+    /// Other storenodes: node id -> gRPC address (static clusters; with
+    /// placement, peers are learnt from its heartbeat answers).
     pub peers: Vec<Peer>,
+    /// Placement members' gRPC addresses; empty: run without placement.
+    pub placement: Vec<String>,
+    /// The address other processes reach this node at (default: listen_addr).
+    pub advertise_addr: Option<String>,
+    pub zone: String,
+    /// Relative weight when placement spreads replicas.
+    pub capacity: u64,
+    pub heartbeat_ms: u64,
     pub raft: RaftSettings,
     pub limits: Limits,
 }
@@ -40,6 +49,8 @@ pub struct RaftSettings {
     pub heartbeat_ticks: usize,
     /// Compact a replica's log past this many applied entries.
     pub compact_log_entries: u64,
+    /// ... or once its log holds more than this many bytes.
+    pub compact_log_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -60,6 +71,11 @@ impl Default for StorenodeConfig {
             http_addr: Some(([127, 0, 0, 1], 20180).into()),
             data_dir: PathBuf::from("ringkv-data/storenode-1"),
             peers: Vec::new(),
+            placement: Vec::new(),
+            advertise_addr: None,
+            zone: String::new(),
+            capacity: 1,
+            heartbeat_ms: 1000,
             raft: RaftSettings::default(),
             limits: Limits::default(),
         }
@@ -68,7 +84,13 @@ impl Default for StorenodeConfig {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        RaftSettings { tick_ms: 100, election_ticks: 10, heartbeat_ticks: 2, compact_log_entries: 10_000 }
+        RaftSettings {
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_log_entries: 10_000,
+            compact_log_bytes: 64 << 20,
+        }
     }
 }
 
@@ -105,6 +127,9 @@ impl StorenodeConfig {
         if self.node_id == 0 {
             return bad("node_id must be non-zero");
         }
+        if self.heartbeat_ms == 0 || self.capacity == 0 {
+            return bad("heartbeat_ms and capacity must be positive");
+        }
         if self.limits.max_key_bytes == 0 || self.limits.max_key_bytes > MAX_KEY_LEN_HARD {
             return bad("limits.max_key_bytes must be between 1 and 65536");
         }
@@ -119,6 +144,9 @@ impl StorenodeConfig {
         }
         if self.raft.compact_log_entries < 2 {
             return bad("raft.compact_log_entries must be at least 2");
+        }
+        if self.raft.compact_log_bytes < 4096 {
+            return bad("raft.compact_log_bytes must be at least 4096");
         }
         if self.peers.iter().any(|p| p.node_id == 0 || p.node_id == self.node_id) {
             return bad("peers must have non-zero ids different from node_id");

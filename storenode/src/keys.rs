@@ -45,6 +45,27 @@ pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(hash_part(key))
 }
 
+/// The ring position every key starting with `prefix` shares, when the
+/// prefix already holds the key's complete hash tag (`…{tag}…`); `None` when
+/// keys with this prefix can hash anywhere.
+pub fn prefix_hash(prefix: &[u8]) -> Option<u64> {
+    let open = prefix.iter().position(|&b| b == b'{')?;
+    let len = prefix[open + 1..].iter().position(|&b| b == b'}')?;
+    (len > 0).then(|| xxh3_64(&prefix[open + 1..open + 1 + len]))
+}
+
+/// The first key after every key that starts with `prefix` (None: no end).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Whether `h` falls in the shard range `[start, end)`, where `end == 0` means 2^64.
 pub fn in_range(h: u64, start: u64, end: u64) -> bool {
     h >= start && (end == 0 || h < end)
@@ -164,6 +185,18 @@ mod tests {
         assert_eq!(hash_part(b"no tag"), b"no tag");
         assert_eq!(hash_part(b"open{only"), b"open{only");
         assert_eq!(key_hash(b"user:{42}:name"), key_hash(b"order:{42}"));
+    }
+
+    #[test]
+    fn prefixes_with_a_complete_tag_fix_the_hash() {
+        assert_eq!(prefix_hash(b"user:{42}:"), Some(key_hash(b"user:{42}:name")));
+        assert_eq!(prefix_hash(b"{42}"), Some(key_hash(b"{42}x")));
+        assert_eq!(prefix_hash(b"user:{4"), None, "the tag is not complete yet");
+        assert_eq!(prefix_hash(b"a{}"), None, "an empty tag hashes the whole key");
+        assert_eq!(prefix_hash(b"plain"), None);
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
     }
 
     #[test]

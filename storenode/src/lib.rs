@@ -6,6 +6,7 @@
 //! - [`raft`]: the multi-Raft machinery (storage, loop, snapshots, transport).
 //! - [`shard`]: the key-value state machine of one shard.
 //! - [`service`]: gRPC handlers; [`server`] wires everything into a process.
+//! - [`heartbeat`] and [`placement_client`]: registration and reports to placement.
 
 // tonic's `Status` is large, and gRPC handlers return it by value: boxing
 // it everywhere would only add noise.
@@ -14,8 +15,10 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
+pub mod placement_client;
 pub mod raft;
 pub mod server;
 pub mod service;

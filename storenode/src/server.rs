@@ -3,31 +3,28 @@
 //! (/metrics, /healthz, /readyz), and stops it all cleanly.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
 use ringkv_proto::kv::shard_kv_server::ShardKvServer;
 use ringkv_proto::raft::admin_server::AdminServer;
-use ringkv_proto::raft::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ConfigError, StorenodeConfig};
-use crate::engine::Engine;
 use crate::error::Error;
+use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
-use crate::raft::raft_loop::{LoopConfig, LoopHandle, Msg, RaftLoop};
-use crate::raft::snapshot::SnapshotDir;
-use crate::raft::transport::{AddressBook, GrpcTransport, RaftService};
+use crate::placement_client::PlacementClient;
+use crate::raft::node::{RaftNode, MAX_GRPC_MESSAGE_BYTES};
+use crate::raft::raft_loop::LoopHandle;
+use crate::raft::transport::AddressBook;
 use crate::service::admin::AdminService;
 use crate::service::kv::KvService;
 use crate::shard::ShardStateMachine;
-
-/// Largest gRPC message accepted: a batch of Raft messages can carry entries
-/// of many shards, each up to `max_size_per_msg`.
-const MAX_GRPC_MESSAGE_BYTES: usize = 256 << 20;
+use ringkv_proto::placement::RegisterNodeRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,10 +46,47 @@ pub struct StorenodeHandle {
     pub http_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub address_book: Arc<AddressBook>,
+    raft: Option<RaftNode<ShardStateMachine>>,
     loop_handle: LoopHandle<ShardStateMachine>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    loop_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Extra HTTP routes a process serves beside /metrics, /healthz, /readyz.
+pub type HttpRouter = axum::Router;
+
+/// Binds a listener, reporting the address in the error.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let local = l.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+    Ok((l, local))
+}
+
+/// Accepted gRPC connections with Nagle off: small responses (a read's
+/// answer, a heartbeat) must not wait for the peer's delayed ACK.
+pub fn incoming(l: TcpListener) -> Result<TcpIncoming, StartError> {
+    TcpIncoming::from_listener(l, true, Some(Duration::from_secs(30))).map_err(|e| StartError::Other(e.to_string()))
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` plus `extra` routes until `stop`.
+pub fn spawn_http(
+    l: TcpListener,
+    render_metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+    extra: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let app = extra
+        .route("/metrics", get(move || std::future::ready(render_metrics())))
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route("/readyz", get(|| std::future::ready("ok")));
+    tokio::spawn(async move {
+        let serve = axum::serve(l, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!("HTTP server: {e}");
+        }
+    })
 }
 
 impl Storenode {
@@ -65,49 +99,29 @@ impl Storenode {
         for p in &cfg.peers {
             book.set(p.node_id, p.address.clone());
         }
-        let listener = TcpListener::bind(cfg.listen_addr)
-            .await
-            .map_err(|source| StartError::Bind { addr: cfg.listen_addr, source })?;
-        let grpc_addr = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
-
-        let db_path = cfg.data_dir.join("db");
-        let snap_path = cfg.data_dir.join("snap");
-        let mut lcfg = LoopConfig::new(node_id, snap_path.clone());
-        lcfg.tick = Duration::from_millis(cfg.raft.tick_ms);
-        lcfg.election_ticks = cfg.raft.election_ticks;
-        lcfg.heartbeat_ticks = cfg.raft.heartbeat_ticks;
-        lcfg.compact_log_entries = cfg.raft.compact_log_entries;
-        let cell = Arc::new(OnceLock::new());
-        let transport =
-            GrpcTransport::new(node_id, book.clone(), tokio::runtime::Handle::current(), cell.clone(), metrics.clone());
-        let (m2, path2) = (metrics.clone(), db_path.clone());
-        // Opening RocksDB and loading every replica blocks: not on a tokio worker.
-        let (raft_loop, loop_handle, engine) = tokio::task::spawn_blocking(move || {
-            let engine = Engine::open(&path2).map_err(Error::from)?;
-            let (lp, h) = RaftLoop::new(lcfg, engine.clone(), transport, m2, ShardStateMachine::default)?;
-            Ok::<_, Error>((lp, h, engine))
-        })
+        let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
+        let open_err = |source| StartError::Open { path: cfg.data_dir.clone(), source };
+        let raft = RaftNode::open(
+            node_id,
+            cfg.data_dir.clone(),
+            &cfg.raft,
+            book.clone(),
+            metrics.clone(),
+            ShardStateMachine::default,
+        )
         .await
-        .map_err(|e| StartError::Other(e.to_string()))?
-        .map_err(|source| StartError::Open { path: db_path.clone(), source })?;
-        let _ = cell.set(loop_handle.clone());
-        let loop_thread = std::thread::Builder::new()
-            .name(format!("raft-loop-{node_id}"))
-            .spawn(move || raft_loop.run())
-            .map_err(|e| StartError::Other(format!("starting the raft loop: {e}")))?;
+        .map_err(open_err)?;
+        let loop_handle = raft.loop_handle.clone();
 
         let (stop, stop_rx) = watch::channel(false);
-        let snap_dir = SnapshotDir::new(snap_path).map_err(|source| StartError::Open { path: db_path, source })?;
-        let kv = KvService::new(loop_handle.clone(), engine, cfg.limits.clone(), metrics.clone());
+        let kv = KvService::new(loop_handle.clone(), raft.engine.clone(), cfg.limits.clone(), metrics.clone());
         let admin = AdminService::new(node_id, loop_handle.clone(), book.clone(), cfg.limits.request_timeout());
-        let raft = RaftService::new(node_id, loop_handle.clone(), snap_dir, metrics.clone());
         let mut rx = stop_rx.clone();
         let grpc = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(ShardKvServer::new(kv).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
             .add_service(AdminServer::new(admin))
-            .add_service(RaftTransportServer::new(raft).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .add_service(raft.raft_service().map_err(open_err)?)
+            .serve_with_incoming_shutdown(incoming(listener)?, async move {
                 let _ = rx.wait_for(|s| *s).await;
             });
         let mut tasks = vec![tokio::spawn(async move {
@@ -118,22 +132,28 @@ impl Storenode {
 
         let mut http_addr = None;
         if let Some(addr) = cfg.http_addr {
-            let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-            http_addr = Some(l.local_addr().map_err(|e| StartError::Other(e.to_string()))?);
+            let (l, local) = bind(addr).await?;
+            http_addr = Some(local);
             let m = metrics.clone();
-            let app = axum::Router::new()
-                .route("/metrics", get(move || std::future::ready(m.render())))
-                .route("/healthz", get(|| std::future::ready("ok")))
-                .route("/readyz", get(|| std::future::ready("ok")));
-            let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(l, app).with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!("HTTP server: {e}");
-                }
-            }));
+            tasks.push(spawn_http(l, move || m.render(), axum::Router::new(), stop_rx.clone()));
+        }
+        if !cfg.placement.is_empty() {
+            let advertise = cfg.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
+            let hb = Heartbeat {
+                node_id,
+                register: RegisterNodeRequest {
+                    node_id,
+                    address: advertise,
+                    http_address: http_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    zone: cfg.zone.clone(),
+                    capacity: cfg.capacity,
+                },
+                client: Arc::new(PlacementClient::new(cfg.placement.clone())),
+                loop_handle: loop_handle.clone(),
+                address_book: book.clone(),
+                interval: Duration::from_millis(cfg.heartbeat_ms),
+            };
+            tasks.push(tokio::spawn(hb.run(stop_rx.clone())));
         }
         tracing::info!(node_id, %grpc_addr, ?http_addr, "storenode started");
         Ok(StorenodeHandle {
@@ -142,10 +162,10 @@ impl Storenode {
             http_addr,
             metrics,
             address_book: book,
+            raft: Some(raft),
             loop_handle,
             stop,
             tasks,
-            loop_thread: Some(loop_thread),
         })
     }
 }
@@ -158,9 +178,8 @@ impl StorenodeHandle {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        let _ = self.loop_handle.send(Msg::Shutdown);
-        if let Some(t) = self.loop_thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        if let Some(raft) = self.raft.take() {
+            raft.stop().await;
         }
     }
 

@@ -80,6 +80,7 @@ pub async fn bootstrap_shards(addrs: &HashMap<u64, String>, shards: &[ShardDescr
                     shard: Some(s.clone()),
                     replica_id: replica_id(s.id, node_id),
                     bootstrap: true,
+                    campaign: false,
                 })
                 .await?;
         }

@@ -253,9 +253,14 @@ async fn learner_added_promoted_and_voter_removed() {
     let mut a3 = AdminClient::new(connect(&c.addr(3)).await.unwrap());
     let mut empty = after.clone();
     empty.replicas.clear();
-    a3.create_replica(CreateReplicaRequest { shard: Some(empty), replica_id: new_id, bootstrap: false })
-        .await
-        .expect("create empty replica");
+    a3.create_replica(CreateReplicaRequest {
+        shard: Some(empty),
+        replica_id: new_id,
+        bootstrap: false,
+        campaign: false,
+    })
+    .await
+    .expect("create empty replica");
     let after = admin
         .change_replicas(ChangeReplicasRequest {
             shard_id: shard.id,

@@ -1,6 +1,7 @@
 //! Subcommand dispatch.
 
 pub mod bench;
+pub mod placement;
 pub mod playground;
 pub mod storenode;
 
@@ -15,6 +16,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run a member of the placement service.
+    Placement(placement::Args),
     /// Run a storenode server.
     Storenode(storenode::Args),
     /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
@@ -25,6 +28,7 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Placement(a) => placement::run(a).await,
         Command::Storenode(a) => storenode::run(a).await,
         Command::Playground(a) => playground::run(a).await,
         Command::Bench(a) => bench::run(a).await,

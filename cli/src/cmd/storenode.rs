@@ -25,6 +25,12 @@ pub struct Args {
     /// Another storenode, as ID=ADDRESS (repeatable).
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// A placement member's gRPC address (repeatable).
+    #[arg(long = "placement")]
+    placement: Vec<String>,
+    /// Zone (failure domain) of this node: replicas of a shard go to different zones.
+    #[arg(long)]
+    zone: Option<String>,
     /// Raft tick in milliseconds.
     #[arg(long)]
     raft_tick_ms: Option<u64>,
@@ -61,6 +67,13 @@ pub fn config(a: &Args) -> anyhow::Result<StorenodeConfig> {
     }
     for p in &a.peers {
         cfg.peers.push(parse_peer(p)?);
+    }
+    for p in &a.placement {
+        p.parse::<SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
+        cfg.placement.push(p.clone());
+    }
+    if let Some(z) = &a.zone {
+        cfg.zone = z.clone();
     }
     if let Some(v) = a.raft_tick_ms {
         cfg.raft.tick_ms = v;

@@ -33,10 +33,12 @@
 //! - [`snapshot`]: snapshot files, generated from a RocksDB snapshot and
 //!   streamed in chunks.
 //! - [`transport`]: batched gRPC streams between storenodes.
+//! - [`node`]: all of the above started together, for any state machine.
 //!
 //! Replica ids are Raft ids and are unique across the cluster; a replica
 //! belongs to one shard and lives on one node.
 
+pub mod node;
 pub mod raft_loop;
 pub mod snapshot;
 pub mod state_machine;

@@ -61,6 +61,8 @@ pub struct LoopConfig {
     /// Compact a replica's log once it holds more applied entries than this;
     /// half of them are kept so a follower slightly behind catches up by log.
     pub compact_log_entries: u64,
+    /// ... or once its log is larger than this (then everything applied goes).
+    pub compact_log_bytes: u64,
     pub max_size_per_msg: u64,
     pub max_inflight_msgs: usize,
     /// Snapshot files generated at once.
@@ -76,6 +78,7 @@ impl LoopConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             compact_log_entries: 10_000,
+            compact_log_bytes: 64 << 20,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             max_snapshot_generations: 2,
@@ -123,6 +126,8 @@ pub enum Msg<S: StateMachine> {
         shard: ShardDescriptor,
         replica_id: u64,
         bootstrap: bool,
+        /// Campaign at once (placement spreads the first leaders this way).
+        campaign: bool,
         cb: Callback<()>,
     },
     RemoveReplica {
@@ -337,11 +342,13 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             ..Default::default()
         };
         let raw = RawNode::new(&rcfg, storage, &self.logger)?;
+        let mut sm = (self.new_sm)();
+        sm.restore(&self.engine, &shard)?;
         let fsm = ReplicaFsm {
             shard,
             replica_id: state.replica_id,
             raw,
-            sm: (self.new_sm)(),
+            sm,
             proposals: VecDeque::new(),
             joint_waiters: Vec::new(),
             reads: Reads::default(),
@@ -439,8 +446,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 self.dirty.insert(shard_id);
                 let _ = cb.send(res);
             }
-            Msg::CreateReplica { shard, replica_id, bootstrap, cb } => {
-                let _ = cb.send(self.create_replica(shard, replica_id, bootstrap));
+            Msg::CreateReplica { shard, replica_id, bootstrap, campaign, cb } => {
+                let _ = cb.send(self.create_replica(shard, replica_id, bootstrap, campaign));
             }
             Msg::RemoveReplica { shard_id, cb } => {
                 let res = match self.replicas.contains_key(&shard_id) {
@@ -607,7 +614,13 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         Ok((index, term))
     }
 
-    fn create_replica(&mut self, shard: ShardDescriptor, replica_id: u64, bootstrap: bool) -> Result<()> {
+    fn create_replica(
+        &mut self,
+        shard: ShardDescriptor,
+        replica_id: u64,
+        bootstrap: bool,
+        campaign: bool,
+    ) -> Result<()> {
         if let Some(r) = self.replicas.get(&shard.id) {
             return if r.replica_id == replica_id {
                 Ok(()) // idempotent retry
@@ -639,7 +652,15 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let state = ReplicaState { shard: Some(shard), replica_id, ..Default::default() };
         self.put_replica_state(&mut wb, &state);
         self.engine.write(wb, true)?;
-        self.open_replica(state)
+        let id = shard_id_of(&state);
+        self.open_replica(state)?;
+        if campaign {
+            if let Some(r) = self.replicas.get_mut(&id) {
+                r.raw.campaign()?;
+                self.dirty.insert(id);
+            }
+        }
+        Ok(())
     }
 
     fn put_replica_state(&self, wb: &mut WriteBatch, st: &ReplicaState) {
@@ -870,6 +891,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             let (shard, replica_id) = (r.shard.clone(), r.replica_id);
             self.finish_snapshot(&shard, &path.to_string_lossy(), replica_id)
                 .unwrap_or_else(|e| panic!("shard {id}: applying snapshot: {e}"));
+            let r = self.replicas.get_mut(&id).expect("replica with a snapshot");
+            r.sm.restore(&self.engine, &shard).unwrap_or_else(|e| panic!("shard {id}: restoring after snapshot: {e}"));
             self.metrics.snapshots.with_label_values(&["applied"]).inc();
         }
 
@@ -891,7 +914,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 apply_entries(&self.engine, r, committed, &mut batch, &mut notify)
                     .unwrap_or_else(|e| panic!("shard {id}: apply: {e}"));
                 self.metrics.raft_entries_applied.inc_by(n);
-                maybe_compact(r, &mut batch.wb, self.cfg.compact_log_entries);
+                maybe_compact(r, &mut batch.wb, &self.cfg);
             }
             applied.push(id);
         }
@@ -1111,16 +1134,25 @@ fn apply_entries<S: StateMachine>(
     Ok(())
 }
 
-fn maybe_compact<S: StateMachine>(r: &mut ReplicaFsm<S>, wb: &mut WriteBatch, threshold: u64) {
+/// Truncates the log in the same (apply) batch as the applied index, so a
+/// lost apply batch loses its truncation too and replay finds every entry.
+fn maybe_compact<S: StateMachine>(r: &mut ReplicaFsm<S>, wb: &mut WriteBatch, cfg: &LoopConfig) {
     let store = r.raw.store();
     let (applied, truncated) = (store.applied_index(), store.truncated_index());
-    if applied.saturating_sub(truncated) <= threshold {
+    let to = if store.log_bytes() > cfg.compact_log_bytes {
+        applied
+    } else if applied.saturating_sub(truncated) > cfg.compact_log_entries {
+        applied - cfg.compact_log_entries / 2
+    } else {
         return;
-    }
-    let to = applied - threshold / 2;
+    };
     if let Err(e) = r.raw.mut_store().compact(wb, to) {
         tracing::warn!(shard = r.shard.id, "log compaction: {e}");
     }
+}
+
+fn shard_id_of(st: &ReplicaState) -> u64 {
+    st.shard.as_ref().map_or(0, |s| s.id)
 }
 
 #[cfg(test)]
@@ -1169,6 +1201,7 @@ mod tests {
                 shard: single_voter_shard(id),
                 replica_id: id * 10,
                 bootstrap: true,
+                campaign: false,
                 cb: tx,
             });
             rx.try_recv().unwrap().unwrap();

@@ -35,6 +35,12 @@ pub trait StateMachine: Send + 'static {
 
     /// Every key range of the engine this group's state occupies.
     fn state_ranges(shard: &ShardDescriptor) -> Vec<StateRange>;
+
+    /// (Re)builds any in-memory view of the state from the engine: called
+    /// when the replica opens and after a snapshot replaced its state.
+    fn restore(&mut self, _engine: &Engine, _shard: &ShardDescriptor) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What one apply pass gives a state machine: the shard as of this entry, the

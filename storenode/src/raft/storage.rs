@@ -44,6 +44,11 @@ pub struct RaftStorage {
     last_term: u64,
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    /// Approximate bytes of the log above the truncated index, for
+    /// size-triggered compaction. Starts at 0 after a restart (we would rather
+    /// compact late than scan the log at start-up); the entry-count trigger
+    /// still bounds the log meanwhile.
+    log_bytes: u64,
     pub(crate) snapshot: Arc<Mutex<SnapshotSlot>>,
 }
 
@@ -85,6 +90,7 @@ impl RaftStorage {
             apply,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            log_bytes: 0,
             snapshot,
         };
         // The last entry of the log, if any, is the last key of the shard's log range.
@@ -151,6 +157,11 @@ impl RaftStorage {
         self.last_index
     }
 
+    /// Approximate size of the untruncated log (see the field's comment).
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }
@@ -164,7 +175,9 @@ impl RaftStorage {
     pub fn append(&mut self, wb: &mut WriteBatch, entries: &[Entry]) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
         for e in entries {
-            self.engine.put_cf(wb, Cf::Raft, &keys::raft_log_key(self.shard_id, e.index), &encode(e));
+            let bytes = encode(e);
+            self.log_bytes += bytes.len() as u64;
+            self.engine.put_cf(wb, Cf::Raft, &keys::raft_log_key(self.shard_id, e.index), &bytes);
         }
         if last.index < self.last_index {
             self.engine.delete_range_cf(
@@ -240,6 +253,9 @@ impl RaftStorage {
             &keys::raft_log_key(self.shard_id, self.apply.truncated_index + 1),
             &keys::raft_log_key(self.shard_id, index + 1),
         );
+        // Assume entries of even size: keep the share of bytes still in the log.
+        let (before, after) = (self.last_index - self.apply.truncated_index, self.last_index - index);
+        self.log_bytes = self.log_bytes * after / before.max(1);
         self.apply.truncated_index = index;
         self.apply.truncated_term = term;
         self.write_apply_state(wb);
@@ -274,6 +290,7 @@ impl RaftStorage {
         self.last_term = md.term;
         self.cache.clear();
         self.cache_bytes = 0;
+        self.log_bytes = 0;
     }
 
     fn entry_from_db(&self, index: u64) -> Result<Entry> {
@@ -460,9 +477,12 @@ mod tests {
         s.append(&mut wb, &(6..=3000).map(|i| entry(i, 6)).collect::<Vec<_>>());
         s.set_applied(&mut wb, 2000, 6);
         engine.write(wb, true).expect("write");
+        let before = s.log_bytes();
+        assert!(before >= 2995 * 4, "the log's size is counted: {before}");
         let mut wb = WriteBatch::default();
         s.compact(&mut wb, 1500).expect("compact");
         engine.write(wb, true).expect("write");
+        assert_eq!(s.log_bytes(), before * 1500 / 2995, "the compacted share leaves the size estimate");
         assert_eq!(s.first_index().unwrap(), 1501);
         assert_eq!(s.term(1500).unwrap(), 6);
         assert!(matches!(s.term(1499), Err(raft::Error::Store(StorageError::Compacted))));

@@ -50,9 +50,9 @@ impl Admin for AdminService {
     ) -> Result<Response<CreateReplicaResponse>, Status> {
         let req = req.into_inner();
         let shard = req.shard.ok_or_else(|| Status::from(Error::invalid("shard", "missing")))?;
-        let (replica_id, bootstrap) = (req.replica_id, req.bootstrap);
+        let (replica_id, bootstrap, campaign) = (req.replica_id, req.bootstrap, req.campaign);
         self.timed(async {
-            self.loop_handle.call(|cb| Msg::CreateReplica { shard, replica_id, bootstrap, cb }).await?;
+            self.loop_handle.call(|cb| Msg::CreateReplica { shard, replica_id, bootstrap, campaign, cb }).await?;
             Ok(CreateReplicaResponse {})
         })
         .await

@@ -9,8 +9,8 @@ use std::time::Instant;
 use ringkv_proto::kv::shard_kv_server::ShardKv;
 use ringkv_proto::kv::{
     BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
-    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetResult, PutRequest, PutResponse,
-    ReadConsistency, RequestContext,
+    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetResult, KvPair, PutRequest,
+    PutResponse, ReadConsistency, RequestContext, ScanRequest, ScanResponse, TxnRequest, TxnResponse,
 };
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as CmdResult, ShardCommand};
@@ -25,6 +25,8 @@ use crate::raft::raft_loop::{LoopHandle, Msg};
 use crate::shard::{decode_value, into_result, ShardStateMachine};
 
 const MAX_REQUEST_ID_BYTES: usize = 64;
+/// Pairs one Scan call returns at most.
+pub const MAX_SCAN_LIMIT: usize = 10_000;
 
 pub struct KvService {
     loop_handle: LoopHandle<ShardStateMachine>,
@@ -132,6 +134,63 @@ impl KvService {
         })
         .await
         .map_err(|e| Error::Corrupt(format!("read task: {e}")))?
+    }
+
+    /// Up to `limit` pairs of `shard` whose keys start with `prefix`, in
+    /// storage order, strictly after `after` (a user key) when given. Reads
+    /// one consistent RocksDB snapshot.
+    async fn scan_shard(
+        &self,
+        shard: ShardDescriptor,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<(Vec<KvPair>, bool)> {
+        let (shard_lo, shard_hi) = keys::data_range(shard.start, shard.end);
+        // A complete hash tag in the prefix narrows the scan to one hash.
+        let (mut lo, hi) = match keys::prefix_hash(&prefix) {
+            Some(h) if !keys::in_range(h, shard.start, shard.end) => return Ok((Vec::new(), false)),
+            Some(h) => {
+                let lo = [&h.to_be_bytes()[..], &prefix].concat();
+                let hi = match keys::prefix_end(&prefix) {
+                    Some(end) => [&h.to_be_bytes()[..], &end].concat(),
+                    None => match h.checked_add(1) {
+                        Some(n) => n.to_be_bytes().to_vec(),
+                        None => shard_hi.clone(),
+                    },
+                };
+                (lo, hi)
+            }
+            None => (shard_lo, shard_hi),
+        };
+        if let Some(a) = &after {
+            // Strictly after: the smallest key greater than the data key of `a`.
+            let mut start = keys::data_key(a);
+            start.push(0);
+            lo = lo.max(start);
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            if lo >= hi {
+                return Ok((out, false));
+            }
+            let mut it = engine.iter_range(Cf::Data, &lo, &hi);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let key = keys::user_key(k);
+                if key.starts_with(&prefix) {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push(KvPair { key: key.to_vec(), value: decode_value(v)?.to_vec() });
+                }
+                it.next();
+            }
+            it.status()?;
+            Ok((out, false))
+        })
+        .await
+        .map_err(|e| Error::Corrupt(format!("scan task: {e}")))?
     }
 
     async fn observe<T>(&self, method: &str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
@@ -251,6 +310,55 @@ impl ShardKv for KvService {
                 CmdResult::BatchPut(r) => Ok(r),
                 other => Err(unexpected(other)),
             }
+        })
+        .await
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        use ringkv_proto::kv::{compare::Expected, mutation};
+        let req = req.into_inner();
+        self.observe("txn", async {
+            let ctx = Self::context(&req.context)?.clone();
+            self.check_count(req.compares.len() + req.mutations.len())?;
+            for c in &req.compares {
+                self.check_key(&c.key)?;
+                match &c.expected {
+                    Some(Expected::ExpectedValue(v)) => self.check_value(v)?,
+                    Some(Expected::ExpectAbsent(true)) => {}
+                    _ => return Err(Error::invalid("compares.expected", "set expected_value or expect_absent=true")),
+                }
+            }
+            for m in &req.mutations {
+                self.check_key(&m.key)?;
+                match &m.op {
+                    Some(mutation::Op::Put(v)) => self.check_value(v)?,
+                    Some(mutation::Op::Delete(true)) => {}
+                    _ => return Err(Error::invalid("mutations.op", "set put or delete=true")),
+                }
+            }
+            match self.write(&ctx, Op::Txn(req)).await? {
+                CmdResult::Txn(r) => Ok(r),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
+    }
+
+    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let req = req.into_inner();
+        self.observe("scan", async {
+            let ctx = Self::context(&req.context)?;
+            if req.prefix.len() > self.limits.max_key_bytes {
+                return Err(Error::invalid("prefix", format!("longer than {} bytes", self.limits.max_key_bytes)));
+            }
+            if req.has_after_key {
+                self.check_key(&req.after_key)?;
+            }
+            let limit = (req.limit as usize).clamp(1, MAX_SCAN_LIMIT);
+            let shard = self.read_barrier(ctx, req.consistency).await?;
+            let after = req.has_after_key.then_some(req.after_key);
+            let (pairs, more) = self.scan_shard(shard, req.prefix, after, limit).await?;
+            Ok(ScanResponse { pairs, more })
         })
         .await
     }

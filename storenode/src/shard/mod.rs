@@ -7,8 +7,9 @@
 use prost::Message;
 use ringkv_proto::error::{shard_error::Kind, ShardError};
 use ringkv_proto::kv::{
+    compare,
     compare_and_swap_request::{Expected, New},
-    BatchPutResponse, CompareAndSwapResponse, DeleteResponse, PutResponse,
+    mutation, BatchPutResponse, CompareAndSwapResponse, DeleteResponse, GetResult, PutResponse, TxnResponse,
 };
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::storage::{
@@ -121,6 +122,32 @@ impl ShardStateMachine {
                     ctx.put(Cf::Data, &keys::data_key(&p.key), &encode_value(&p.value));
                 }
                 CmdResult::BatchPut(BatchPutResponse {})
+            }
+            Op::Txn(t) => {
+                for k in t.compares.iter().map(|c| &c.key).chain(t.mutations.iter().map(|m| &m.key)) {
+                    check_key(shard, k)?;
+                }
+                let mut current = Vec::with_capacity(t.compares.len());
+                let mut holds = true;
+                for c in &t.compares {
+                    let v = Self::read(ctx, &c.key)?;
+                    holds &= match (&c.expected, &v) {
+                        (Some(compare::Expected::ExpectedValue(want)), Some(have)) => want == have,
+                        (Some(compare::Expected::ExpectAbsent(true)), None) => true,
+                        _ => false,
+                    };
+                    current.push(GetResult { key: c.key.clone(), found: v.is_some(), value: v.unwrap_or_default() });
+                }
+                if holds {
+                    for m in t.mutations {
+                        match m.op {
+                            Some(mutation::Op::Put(v)) => ctx.put(Cf::Data, &keys::data_key(&m.key), &encode_value(&v)),
+                            Some(mutation::Op::Delete(true)) => ctx.delete(Cf::Data, &keys::data_key(&m.key)),
+                            _ => {}
+                        }
+                    }
+                }
+                CmdResult::Txn(TxnResponse { succeeded: holds, current })
             }
         })
     }

@@ -1,0 +1,48 @@
+//! ringkv placement: a small Raft group (1 or 3 members) that owns the
+//! cluster's metadata — storenodes, shards, ids — and bootstraps the initial
+//! shards once enough storenodes have registered.
+//!
+//! It reuses the storenode's Raft machinery as a library: the same loop,
+//! storage, snapshots and transport drive one group whose state machine is
+//! [`state::PlacementStateMachine`]. Nothing about consensus is written twice.
+//!
+//! - [`state`]: the replicated state and its state machine.
+//! - [`ring`]: where replicas go (consistent-hash ring of nodes).
+//! - [`service`]: the Placement gRPC API.
+//! - [`scheduler`]: the leader's background work (bootstrap).
+//! - [`server`]: wires it into a process.
+
+pub mod ring;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+pub mod state;
+
+use std::time::Duration;
+
+pub use server::{PlacementConfig, PlacementHandle, PlacementServer};
+
+/// The placement group's shard id in its own RocksDB.
+pub const GROUP_ID: u64 = 1;
+
+#[derive(Clone, Debug)]
+pub struct PlacementSettings {
+    /// Replicas per shard (and storenodes needed before bootstrap).
+    pub replication_factor: usize,
+    /// Shards created at bootstrap.
+    pub initial_shards: u64,
+    /// A storenode silent for longer than this is shown DOWN.
+    pub down_after: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        PlacementSettings {
+            replication_factor: 3,
+            initial_shards: 16,
+            down_after: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}

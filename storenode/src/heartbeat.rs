@@ -1,0 +1,113 @@
+//! The storenode's side of placement: register at start, then heartbeat
+//! every interval with a report of every local replica (leaders include their
+//! descriptor, so placement learns membership and leader changes). The answer
+//! carries every storenode's address and the replicas this node should create.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_proto::placement::{NodeHeartbeatRequest, RegisterNodeRequest, ReplicaReport};
+use ringkv_proto::raft::ReplicaStatus;
+use tokio::sync::{oneshot, watch};
+
+use crate::placement_client::PlacementClient;
+use crate::raft::raft_loop::{LoopHandle, Msg};
+use crate::raft::transport::AddressBook;
+use crate::shard::ShardStateMachine;
+
+/// A follower trailing its leader by more entries than this counts as down.
+const LAGGING_ENTRIES: u64 = 1000;
+
+pub struct Heartbeat {
+    pub node_id: u64,
+    pub register: RegisterNodeRequest,
+    pub client: Arc<PlacementClient>,
+    pub loop_handle: LoopHandle<ShardStateMachine>,
+    pub address_book: Arc<AddressBook>,
+    pub interval: Duration,
+}
+
+fn report(r: ReplicaStatus) -> ReplicaReport {
+    let voters: Vec<u64> = r.shard.as_ref().map_or(Vec::new(), |s| s.replicas.iter().map(|p| p.replica_id).collect());
+    let down = if r.is_leader {
+        voters
+            .iter()
+            .filter(|id| **id != r.replica_id)
+            .filter(|id| r.progress.get(id).is_none_or(|m| m + LAGGING_ENTRIES < r.last_log_index))
+            .count() as u32
+    } else {
+        0
+    };
+    ReplicaReport {
+        shard: r.shard,
+        replica_id: r.replica_id,
+        is_leader: r.is_leader,
+        applied_index: r.applied_index,
+        down_replicas: down,
+    }
+}
+
+impl Heartbeat {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut registered = false;
+        loop {
+            if !registered {
+                let req = self.register.clone();
+                match self
+                    .client
+                    .call(self.interval * 5, |mut c| {
+                        let req = req.clone();
+                        async move { c.register_node(req).await }
+                    })
+                    .await
+                {
+                    Ok(r) if r.node_id == self.node_id => registered = true,
+                    Ok(r) => tracing::error!(got = r.node_id, want = self.node_id, "placement gave another node id"),
+                    Err(e) => tracing::warn!("registering with placement: {}", e.message()),
+                }
+            }
+            if registered {
+                if let Err(e) = self.beat().await {
+                    tracing::warn!("heartbeat to placement: {e}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.loop_handle.send(Msg::Status { shard_ids: Vec::new(), cb: tx }).map_err(|_| "stopping".to_string())?;
+        let replicas: Vec<ReplicaReport> = rx.await.map_err(|_| "stopping")?.into_iter().map(report).collect();
+        let req = NodeHeartbeatRequest { node_id: self.node_id, replicas };
+        let resp = self
+            .client
+            .call(self.interval * 3, |mut c| {
+                let req = req.clone();
+                async move { c.node_heartbeat(req).await }
+            })
+            .await
+            .map_err(|s| s.to_string())?;
+        for n in resp.nodes {
+            if n.id != self.node_id && !n.address.is_empty() {
+                self.address_book.set(n.id, n.address);
+            }
+        }
+        for a in resp.create {
+            let Some(shard) = a.shard else { continue };
+            let (id, replica_id) = (shard.id, a.replica_id);
+            let created = self
+                .loop_handle
+                .call(|cb| Msg::CreateReplica { shard, replica_id, bootstrap: a.bootstrap, campaign: a.campaign, cb })
+                .await;
+            match created {
+                Ok(()) => tracing::info!(shard = id, replica_id, "created replica assigned by placement"),
+                Err(e) => tracing::warn!(shard = id, replica_id, "creating assigned replica: {e}"),
+            }
+        }
+        Ok(())
+    }
+}
