@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod placement;
 pub mod playground;
+pub mod router;
 pub mod storenode;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ pub enum Command {
     Placement(placement::Args),
     /// Run a storenode server.
     Storenode(storenode::Args),
+    /// Run a router: the gRPC Kv API and the HTTP gateway.
+    Router(router::Args),
     /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
@@ -30,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Placement(a) => placement::run(a).await,
         Command::Storenode(a) => storenode::run(a).await,
+        Command::Router(a) => router::run(a).await,
         Command::Playground(a) => playground::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }

@@ -1,0 +1,140 @@
+//! The HTTP/JSON gateway: `GET/PUT/DELETE /v1/kv/{key}` over the same
+//! [`KvService`] as gRPC, with DESIGN.md's status codes (404 missing key, 400
+//! bad input, 409 failed compare, 503 unavailable, 504 outcome unknown, 429
+//! shed). Keys are the URL path segment (percent-decoded); values are the raw
+//! request/response body. `?timeout_ms=` overrides the deadline;
+//! `?consistency=follower|stale` relaxes a read; `PUT ...?if_value=V` or
+//! `?if_absent=true` makes the write a compare-and-swap.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use ringkv_proto::api::compare_and_swap_request::{Expected, New};
+use ringkv_proto::api::{CompareAndSwapRequest, Error as ApiError, ErrorCode};
+use ringkv_proto::kv::ReadConsistency;
+use serde_json::json;
+
+use crate::service::KvService;
+
+/// Deadlines longer than this are clamped.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn routes(svc: KvService, default_timeout: Duration) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/kv/:key", get(get_key).put(put_key).delete(delete_key))
+        .with_state(Gateway { svc, default_timeout })
+}
+
+#[derive(Clone)]
+struct Gateway {
+    svc: KvService,
+    default_timeout: Duration,
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn status_of(e: &ApiError) -> StatusCode {
+    match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown) {
+        ErrorCode::InvalidArgument | ErrorCode::CrossTag => StatusCode::BAD_REQUEST,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Ambiguous => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: ApiError) -> Response {
+    let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown).as_str_name().to_lowercase();
+    (status_of(&e), Json(json!({ "error": code, "message": e.message }))).into_response()
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    error_response(ApiError { code: ErrorCode::InvalidArgument as i32, message: msg.into(), key: Vec::new() })
+}
+
+impl Gateway {
+    fn deadline(&self, q: &HashMap<String, String>) -> Result<Instant, Response> {
+        let t = match q.get("timeout_ms") {
+            None => self.default_timeout,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms).min(MAX_TIMEOUT),
+                _ => return Err(bad_request(format!("timeout_ms {v:?}: expected a positive integer"))),
+            },
+        };
+        Ok(Instant::now() + t)
+    }
+}
+
+async fn get_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params) -> Response {
+    let deadline = match g.deadline(&q) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let consistency = match q.get("consistency").map(String::as_str) {
+        None | Some("linearizable") => ReadConsistency::Linearizable,
+        Some("follower") => ReadConsistency::Follower,
+        Some("stale") => ReadConsistency::Stale,
+        Some(other) => return bad_request(format!("consistency {other:?}: linearizable, follower or stale")),
+    };
+    match g.svc.get_at(key.into_bytes(), consistency as i32, deadline).await {
+        Ok(r) if r.found => (StatusCode::OK, r.value).into_response(),
+        Ok(_) => {
+            (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": "no such key" }))).into_response()
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+async fn put_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params, body: Bytes) -> Response {
+    let deadline = match g.deadline(&q) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let expected = match (q.get("if_value"), q.get("if_absent").map(String::as_str)) {
+        (Some(v), None) => Some(Expected::ExpectedValue(v.clone().into_bytes())),
+        (None, Some("true")) => Some(Expected::ExpectAbsent(true)),
+        (None, None) => None,
+        _ => return bad_request("use either if_value=V or if_absent=true"),
+    };
+    let key = key.into_bytes();
+    let Some(expected) = expected else {
+        return match g.svc.put_at(key, body.to_vec(), deadline).await {
+            Ok(_) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => error_response(e),
+        };
+    };
+    let req = CompareAndSwapRequest { key, expected: Some(expected), new: Some(New::NewValue(body.to_vec())) };
+    match g.svc.cas_at(req, deadline).await {
+        Ok(r) if r.succeeded => StatusCode::NO_CONTENT.into_response(),
+        Ok(r) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "compare_failed",
+                "found": r.found,
+                "current_value": String::from_utf8_lossy(&r.current_value),
+            })),
+        )
+            .into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn delete_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params) -> Response {
+    let deadline = match g.deadline(&q) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match g.svc.delete_at(key.into_bytes(), deadline).await {
+        Ok(r) if r.existed => StatusCode::NO_CONTENT.into_response(),
+        Ok(_) => {
+            (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": "no such key" }))).into_response()
+        }
+        Err(e) => error_response(e),
+    }
+}

@@ -1,0 +1,22 @@
+//! ringkv router: the stateless front door. It keeps a copy of the shard map
+//! (from placement, refreshed by its watch), hashes each key to its shard,
+//! sends the request to the shard's leader and retries what can be retried
+//! within the caller's deadline. Any number of routers can run at once.
+//!
+//! - [`shard_map`]: the cached map and its refresher.
+//! - [`routing`]: one call to a shard leader, with retries.
+//! - [`service`]: the public `Kv` gRPC service.
+//! - [`http`]: the HTTP/JSON gateway.
+//! - [`server`]: wires it into a process.
+
+// gRPC `Status` and axum `Response` are large and returned by value, as
+// their frameworks intend.
+#![allow(clippy::result_large_err)]
+
+pub mod http;
+pub mod routing;
+pub mod server;
+pub mod service;
+pub mod shard_map;
+
+pub use server::{RouterConfig, RouterHandle, RouterServer};

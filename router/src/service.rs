@@ -1,0 +1,448 @@
+//! The public `Kv` gRPC service: validates, splits multi-key calls by shard
+//! (run in parallel), routes each piece with [`Router::call`], and maps
+//! failures to the API's status codes with a typed `api.Error` in the details.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use prost::Message;
+use ringkv_proto::api::kv_server::Kv;
+use ringkv_proto::api::{
+    AtomicBatchRequest, AtomicBatchResponse, BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse,
+    CompareAndSwapRequest, CompareAndSwapResponse, DeleteRequest, DeleteResponse, Error as ApiError, ErrorCode,
+    GetRequest, GetResponse, KeyResult, PutRequest, PutResponse, ScanRequest, ScanResponse,
+};
+use ringkv_proto::kv as shard;
+use ringkv_storenode::config::Limits;
+use ringkv_storenode::keys;
+use tonic::{Code, Request, Response, Status};
+
+use crate::routing::{RouteError, Router, Target};
+
+/// Scan pages hold at most this many pairs.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+const DEFAULT_SCAN_LIMIT: u32 = 100;
+
+#[derive(Clone)]
+pub struct KvService {
+    router: Arc<Router>,
+    limits: Limits,
+    default_timeout: Duration,
+}
+
+pub fn api_error(e: &RouteError, key: &[u8]) -> ApiError {
+    let code = match e {
+        RouteError::Invalid { .. } => ErrorCode::InvalidArgument,
+        RouteError::Unavailable(_) => ErrorCode::Unavailable,
+        RouteError::Ambiguous(_) => ErrorCode::Ambiguous,
+        RouteError::Overloaded(_) => ErrorCode::Overloaded,
+    };
+    ApiError { code: code as i32, message: e.to_string(), key: key.to_vec() }
+}
+
+/// The gRPC status for an API error, the typed error in its details.
+pub fn to_status(e: ApiError) -> Status {
+    let code = match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown) {
+        ErrorCode::InvalidArgument | ErrorCode::CrossTag => Code::InvalidArgument,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Ambiguous => Code::DeadlineExceeded,
+        ErrorCode::Overloaded => Code::ResourceExhausted,
+        ErrorCode::Unknown => Code::Unknown,
+    };
+    Status::with_details(code, e.message.clone(), e.encode_to_vec().into())
+}
+
+/// The typed error in a status returned by a router, if any.
+pub fn from_status(s: &Status) -> Option<ApiError> {
+    ApiError::decode(s.details()).ok().filter(|e| e.code != 0 || !e.message.is_empty())
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    let reason = reason.into();
+    ApiError { code: ErrorCode::InvalidArgument as i32, message: format!("invalid {field}: {reason}"), key: Vec::new() }
+}
+
+impl KvService {
+    pub fn new(router: Arc<Router>, limits: Limits, default_timeout: Duration) -> Self {
+        KvService { router, limits, default_timeout }
+    }
+
+    /// The caller's deadline (grpc-timeout), or the router's default.
+    fn deadline<T>(&self, req: &Request<T>) -> Instant {
+        let t = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap_or(self.default_timeout);
+        Instant::now() + t
+    }
+
+    pub fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
+        if key.is_empty() {
+            return Err(invalid("key", "empty"));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(invalid("key", format!("{} bytes, limit {}", key.len(), self.limits.max_key_bytes)));
+        }
+        Ok(())
+    }
+
+    pub fn check_value(&self, v: &[u8]) -> Result<(), ApiError> {
+        if v.len() > self.limits.max_value_bytes {
+            return Err(invalid("value", format!("{} bytes, limit {}", v.len(), self.limits.max_value_bytes)));
+        }
+        Ok(())
+    }
+
+    fn check_count(&self, n: usize) -> Result<(), ApiError> {
+        if n == 0 || n > self.limits.max_batch_keys {
+            return Err(invalid("batch", format!("{n} keys; between 1 and {}", self.limits.max_batch_keys)));
+        }
+        Ok(())
+    }
+
+    pub async fn get_at(&self, key: Vec<u8>, consistency: i32, deadline: Instant) -> Result<GetResponse, ApiError> {
+        self.check_key(&key)?;
+        let r = self
+            .router
+            .call(Target::Key(&key), false, deadline, |mut c, ctx| {
+                let req = shard::GetRequest { context: Some(ctx), key: key.clone(), consistency };
+                async move { c.get(req).await }
+            })
+            .await
+            .map_err(|e| api_error(&e, &key))?;
+        Ok(GetResponse { found: r.found, value: r.value })
+    }
+
+    pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, deadline: Instant) -> Result<PutResponse, ApiError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        self.router
+            .call(Target::Key(&key), true, deadline, |mut c, ctx| {
+                let req = shard::PutRequest { context: Some(ctx), key: key.clone(), value: value.clone() };
+                async move { c.put(req).await }
+            })
+            .await
+            .map_err(|e| api_error(&e, &key))?;
+        Ok(PutResponse {})
+    }
+
+    pub async fn delete_at(&self, key: Vec<u8>, deadline: Instant) -> Result<DeleteResponse, ApiError> {
+        self.check_key(&key)?;
+        let r = self
+            .router
+            .call(Target::Key(&key), true, deadline, |mut c, ctx| {
+                let req = shard::DeleteRequest { context: Some(ctx), key: key.clone() };
+                async move { c.delete(req).await }
+            })
+            .await
+            .map_err(|e| api_error(&e, &key))?;
+        Ok(DeleteResponse { existed: r.existed })
+    }
+
+    pub async fn cas_at(
+        &self,
+        req: CompareAndSwapRequest,
+        deadline: Instant,
+    ) -> Result<CompareAndSwapResponse, ApiError> {
+        use ringkv_proto::api::compare_and_swap_request::{Expected, New};
+        use shard::compare_and_swap_request as s;
+        self.check_key(&req.key)?;
+        let expected = match req.expected {
+            Some(Expected::ExpectedValue(v)) => {
+                self.check_value(&v)?;
+                s::Expected::ExpectedValue(v)
+            }
+            Some(Expected::ExpectAbsent(true)) => s::Expected::ExpectAbsent(true),
+            _ => return Err(invalid("expected", "set expected_value or expect_absent")),
+        };
+        let new = match req.new {
+            Some(New::NewValue(v)) => {
+                self.check_value(&v)?;
+                s::New::NewValue(v)
+            }
+            Some(New::Delete(true)) => s::New::Delete(true),
+            _ => return Err(invalid("new", "set new_value or delete")),
+        };
+        let key = req.key;
+        let r = self
+            .router
+            .call(Target::Key(&key), true, deadline, |mut c, ctx| {
+                let req = shard::CompareAndSwapRequest {
+                    context: Some(ctx),
+                    key: key.clone(),
+                    expected: Some(expected.clone()),
+                    new: Some(new.clone()),
+                };
+                async move { c.compare_and_swap(req).await }
+            })
+            .await
+            .map_err(|e| api_error(&e, &key))?;
+        Ok(CompareAndSwapResponse { succeeded: r.succeeded, found: r.found, current_value: r.current_value })
+    }
+
+    /// Groups keys (with their request positions) by the shard that owns them.
+    fn by_shard(&self, keys_: &[Vec<u8>]) -> Result<BTreeMap<u64, Vec<usize>>, ApiError> {
+        let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys_.iter().enumerate() {
+            self.check_key(k)?;
+            let id = self.router.map.shard_for(k).map_or(0, |s| s.id);
+            groups.entry(id).or_default().push(i);
+        }
+        Ok(groups)
+    }
+
+    async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
+        self.check_count(req.keys.len())?;
+        let groups = self.by_shard(&req.keys)?;
+        let consistency = req.consistency;
+        let mut results: Vec<KeyResult> =
+            req.keys.iter().map(|k| KeyResult { key: k.clone(), ..Default::default() }).collect();
+        let calls = groups.into_values().map(|idx| {
+            let keys_: Vec<Vec<u8>> = idx.iter().map(|&i| req.keys[i].clone()).collect();
+            async move {
+                let first = keys_[0].clone();
+                let r = self
+                    .router
+                    .call(Target::Key(&first), false, deadline, |mut c, ctx| {
+                        let req = shard::BatchGetRequest { context: Some(ctx), keys: keys_.clone(), consistency };
+                        async move { c.batch_get(req).await }
+                    })
+                    .await;
+                (idx, r.map_err(|e| api_error(&e, &first)))
+            }
+        });
+        for (idx, r) in join_all(calls).await {
+            match r {
+                Ok(resp) => {
+                    for (i, got) in idx.into_iter().zip(resp.results) {
+                        results[i].found = got.found;
+                        results[i].value = got.value;
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        results[i].error = Some(ApiError { key: results[i].key.clone(), ..e.clone() });
+                    }
+                }
+            }
+        }
+        Ok(BatchGetResponse { results })
+    }
+
+    async fn batch_put_at(&self, req: BatchPutRequest, deadline: Instant) -> Result<BatchPutResponse, ApiError> {
+        self.check_count(req.pairs.len())?;
+        for p in &req.pairs {
+            self.check_value(&p.value)?;
+        }
+        let keys_: Vec<Vec<u8>> = req.pairs.iter().map(|p| p.key.clone()).collect();
+        let groups = self.by_shard(&keys_)?;
+        let mut results: Vec<KeyResult> =
+            keys_.iter().map(|k| KeyResult { key: k.clone(), ..Default::default() }).collect();
+        let calls = groups.into_values().map(|idx| {
+            let pairs: Vec<shard::KvPair> = idx.iter().map(|&i| req.pairs[i].clone()).collect();
+            async move {
+                let first = pairs[0].key.clone();
+                let r = self
+                    .router
+                    .call(Target::Key(&first), true, deadline, |mut c, ctx| {
+                        let req = shard::BatchPutRequest { context: Some(ctx), pairs: pairs.clone() };
+                        async move { c.batch_put(req).await }
+                    })
+                    .await;
+                (idx, r.map_err(|e| api_error(&e, &first)))
+            }
+        });
+        for (idx, r) in join_all(calls).await {
+            if let Err(e) = r {
+                for i in idx {
+                    results[i].error = Some(ApiError { key: results[i].key.clone(), ..e.clone() });
+                }
+            }
+        }
+        Ok(BatchPutResponse { results })
+    }
+
+    async fn atomic_batch_at(
+        &self,
+        req: AtomicBatchRequest,
+        deadline: Instant,
+    ) -> Result<AtomicBatchResponse, ApiError> {
+        let all: Vec<&Vec<u8>> =
+            req.compares.iter().map(|c| &c.key).chain(req.mutations.iter().map(|m| &m.key)).collect();
+        self.check_count(all.len())?;
+        for k in &all {
+            self.check_key(k)?;
+        }
+        // Keys that share hash_part share a hash, hence a shard: one Raft entry.
+        let tag = keys::hash_part(all[0]);
+        if all.iter().any(|k| keys::hash_part(k) != tag) {
+            return Err(ApiError {
+                code: ErrorCode::CrossTag as i32,
+                message: "an atomic batch needs keys that share one hash tag, like user:{42}:name and user:{42}:email"
+                    .into(),
+                key: Vec::new(),
+            });
+        }
+        for m in &req.mutations {
+            if let Some(shard::mutation::Op::Put(v)) = &m.op {
+                self.check_value(v)?;
+            }
+        }
+        let first = all[0].clone();
+        let (compares, mutations) = (req.compares, req.mutations);
+        let r = self
+            .router
+            .call(Target::Key(&first), true, deadline, |mut c, ctx| {
+                let req =
+                    shard::TxnRequest { context: Some(ctx), compares: compares.clone(), mutations: mutations.clone() };
+                async move { c.txn(req).await }
+            })
+            .await
+            .map_err(|e| api_error(&e, &first))?;
+        let current = r
+            .current
+            .into_iter()
+            .map(|g| KeyResult { key: g.key, found: g.found, value: g.value, error: None })
+            .collect();
+        Ok(AtomicBatchResponse { succeeded: r.succeeded, current })
+    }
+
+    /// One page of a scan. The continuation is `shard_id (8 BE) ++ last key`:
+    /// the next page resumes after that key in that shard.
+    pub async fn scan_at(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
+        if req.prefix.len() > self.limits.max_key_bytes {
+            return Err(invalid("prefix", "longer than the key limit"));
+        }
+        let limit = if req.limit == 0 { DEFAULT_SCAN_LIMIT } else { req.limit.min(MAX_SCAN_LIMIT) };
+        let (mut shard_idx, mut after) = (0usize, None::<Vec<u8>>);
+        let shards = self.router.map.shards();
+        if shards.is_empty() {
+            return Err(api_error(&RouteError::Unavailable("no shard map yet".into()), &req.prefix));
+        }
+        let tagged = keys::prefix_hash(&req.prefix);
+        // The shards to visit, in ring order.
+        let targets: Vec<u64> = match tagged {
+            Some(h) => shards.iter().filter(|s| keys::in_range(h, s.start, s.end)).map(|s| s.id).collect(),
+            None => shards.iter().map(|s| s.id).collect(),
+        };
+        if !req.continuation.is_empty() {
+            if req.continuation.len() < 8 {
+                return Err(invalid("continuation", "not a token this router issued"));
+            }
+            let (id, key) = req.continuation.split_at(8);
+            let id = u64::from_be_bytes(id.try_into().unwrap_or_default());
+            shard_idx =
+                targets.iter().position(|t| *t == id).ok_or_else(|| invalid("continuation", "unknown shard"))?;
+            after = (!key.is_empty()).then(|| key.to_vec());
+        }
+        let mut pairs = Vec::new();
+        while shard_idx < targets.len() && (pairs.len() as u32) < limit {
+            let id = targets[shard_idx];
+            let Some(d) = shards.iter().find(|s| s.id == id) else { break };
+            let want = limit - pairs.len() as u32;
+            let (prefix, after_key) = (req.prefix.clone(), after.clone());
+            let r = self
+                .router
+                .call(Target::Shard(d.id), false, deadline, |mut c, ctx| {
+                    let req = shard::ScanRequest {
+                        context: Some(ctx),
+                        prefix: prefix.clone(),
+                        has_after_key: after_key.is_some(),
+                        after_key: after_key.clone().unwrap_or_default(),
+                        limit: want,
+                        consistency: req.consistency,
+                    };
+                    async move { c.scan(req).await }
+                })
+                .await
+                .map_err(|e| api_error(&e, &req.prefix))?;
+            let last = r.pairs.last().map(|p| p.key.clone());
+            pairs.extend(r.pairs);
+            if r.more {
+                after = last;
+                break;
+            }
+            shard_idx += 1;
+            after = None;
+        }
+        let continuation = if shard_idx < targets.len() {
+            let mut c = targets[shard_idx].to_be_bytes().to_vec();
+            c.extend(after.unwrap_or_default());
+            c
+        } else {
+            Vec::new()
+        };
+        Ok(ScanResponse { pairs, continuation, full_scan: tagged.is_none() })
+    }
+}
+
+/// `grpc-timeout` values: an integer and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn reply<T>(r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let d = self.deadline(&req);
+        let r = req.into_inner();
+        reply(self.get_at(r.key, r.consistency, d).await)
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let d = self.deadline(&req);
+        let r = req.into_inner();
+        reply(self.put_at(r.key, r.value, d).await)
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let d = self.deadline(&req);
+        reply(self.delete_at(req.into_inner().key, d).await)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        req: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let d = self.deadline(&req);
+        reply(self.cas_at(req.into_inner(), d).await)
+    }
+
+    async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let d = self.deadline(&req);
+        reply(self.batch_get_at(req.into_inner(), d).await)
+    }
+
+    async fn batch_put(&self, req: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
+        let d = self.deadline(&req);
+        reply(self.batch_put_at(req.into_inner(), d).await)
+    }
+
+    async fn atomic_batch(&self, req: Request<AtomicBatchRequest>) -> Result<Response<AtomicBatchResponse>, Status> {
+        let d = self.deadline(&req);
+        reply(self.atomic_batch_at(req.into_inner(), d).await)
+    }
+
+    async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let d = self.deadline(&req);
+        reply(self.scan_at(req.into_inner(), d).await)
+    }
+}
