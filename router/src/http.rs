@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
@@ -20,7 +20,8 @@ use ringkv_proto::api::{CompareAndSwapRequest, Error as ApiError, ErrorCode};
 use ringkv_proto::kv::ReadConsistency;
 use serde_json::json;
 
-use crate::service::KvService;
+use crate::routing::CallOptions;
+use crate::service::{write_options, KvService, REQUEST_ID_HEADER};
 
 /// Deadlines longer than this are clamped.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,6 +39,13 @@ struct Gateway {
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// A write's options: the `ringkv-request-id` header, if any, makes retries
+/// of the same HTTP request apply once.
+fn write_opts(headers: &HeaderMap, deadline: Instant) -> CallOptions {
+    let id = headers.get(REQUEST_ID_HEADER).map(|v| v.as_bytes().to_vec());
+    write_options(id, deadline)
+}
 
 fn status_of(e: &ApiError) -> StatusCode {
     match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown) {
@@ -91,9 +99,15 @@ async fn get_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Pa
     }
 }
 
-async fn put_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params, body: Bytes) -> Response {
-    let deadline = match g.deadline(&q) {
-        Ok(d) => d,
+async fn put_key(
+    State(g): State<Gateway>,
+    Path(key): Path<String>,
+    Query(q): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let opts = match g.deadline(&q) {
+        Ok(d) => write_opts(&headers, d),
         Err(r) => return r,
     };
     let expected = match (q.get("if_value"), q.get("if_absent").map(String::as_str)) {
@@ -104,13 +118,13 @@ async fn put_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Pa
     };
     let key = key.into_bytes();
     let Some(expected) = expected else {
-        return match g.svc.put_at(key, body.to_vec(), deadline).await {
+        return match g.svc.put_at(key, body.to_vec(), &opts).await {
             Ok(_) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => error_response(e),
         };
     };
     let req = CompareAndSwapRequest { key, expected: Some(expected), new: Some(New::NewValue(body.to_vec())) };
-    match g.svc.cas_at(req, deadline).await {
+    match g.svc.cas_at(req, &opts).await {
         Ok(r) if r.succeeded => StatusCode::NO_CONTENT.into_response(),
         Ok(r) => (
             StatusCode::CONFLICT,
@@ -125,12 +139,12 @@ async fn put_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Pa
     }
 }
 
-async fn delete_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params) -> Response {
-    let deadline = match g.deadline(&q) {
-        Ok(d) => d,
+async fn delete_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params, headers: HeaderMap) -> Response {
+    let opts = match g.deadline(&q) {
+        Ok(d) => write_opts(&headers, d),
         Err(r) => return r,
     };
-    match g.svc.delete_at(key.into_bytes(), deadline).await {
+    match g.svc.delete_at(key.into_bytes(), &opts).await {
         Ok(r) if r.existed => StatusCode::NO_CONTENT.into_response(),
         Ok(_) => {
             (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": "no such key" }))).into_response()

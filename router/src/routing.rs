@@ -37,6 +37,22 @@ pub enum RouteError {
     Overloaded(String),
 }
 
+/// How one API call is routed.
+#[derive(Clone, Debug)]
+pub struct CallOptions {
+    /// Kept across every retry of a write so the shard applies it at most
+    /// once; clients that retry through another router send their own.
+    pub request_id: Vec<u8>,
+    pub is_write: bool,
+    pub deadline: Instant,
+}
+
+impl CallOptions {
+    pub fn read(deadline: Instant) -> Self {
+        CallOptions { request_id: Vec::new(), is_write: false, deadline }
+    }
+}
+
 /// What a call is routed by.
 #[derive(Clone, Copy)]
 pub enum Target<'a> {
@@ -70,15 +86,14 @@ impl Router {
     pub async fn call<T, F, Fut>(
         &self,
         target: Target<'_>,
-        is_write: bool,
-        deadline: Instant,
+        req: &CallOptions,
         f: F,
     ) -> Result<T, RouteError>
     where
         F: Fn(ShardKvClient<Channel>, RequestContext) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let request_id: [u8; 16] = rand::random();
+        let (request_id, is_write, deadline) = (req.request_id.as_slice(), req.is_write, req.deadline);
         let mut backoff = Duration::from_millis(10);
         let mut attempt = 0usize;
         // Whether a write may have been applied by an attempt that failed.
@@ -93,7 +108,7 @@ impl Router {
                     self.map.request_refresh();
                     Error::Retryable("no shard map yet".into())
                 }
-                Some(shard) => match self.attempt(&shard, attempt, &request_id, &f).await {
+                Some(shard) => match self.attempt(&shard, attempt, request_id, &f).await {
                     Ok(r) => return Ok(r),
                     Err(e) => {
                         self.learn(&shard, &e);

@@ -19,7 +19,7 @@ use ringkv_storenode::config::Limits;
 use ringkv_storenode::keys;
 use tonic::{Code, Request, Response, Status};
 
-use crate::routing::{RouteError, Router, Target};
+use crate::routing::{CallOptions, RouteError, Router, Target};
 
 /// Scan pages hold at most this many pairs.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -59,6 +59,18 @@ pub fn from_status(s: &Status) -> Option<ApiError> {
     ApiError::decode(s.details()).ok().filter(|e| e.code != 0 || !e.message.is_empty())
 }
 
+/// Metadata / HTTP header carrying a client's request id.
+pub const REQUEST_ID_HEADER: &str = "ringkv-request-id";
+const MAX_REQUEST_ID_BYTES: usize = 64;
+
+/// Options for a write: the given request id (when sane) or a random one.
+pub fn write_options(id: Option<Vec<u8>>, deadline: Instant) -> CallOptions {
+    let request_id = id
+        .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
+        .unwrap_or_else(|| rand::random::<[u8; 16]>().to_vec());
+    CallOptions { request_id, is_write: true, deadline }
+}
+
 fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
     let reason = reason.into();
     ApiError { code: ErrorCode::InvalidArgument as i32, message: format!("invalid {field}: {reason}"), key: Vec::new() }
@@ -67,6 +79,14 @@ fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
 impl KvService {
     pub fn new(router: Arc<Router>, limits: Limits, default_timeout: Duration) -> Self {
         KvService { router, limits, default_timeout }
+    }
+
+    /// A write's routing options: the caller's request id (metadata
+    /// `ringkv-request-id`, so a client retrying through another router is
+    /// still applied once) or a fresh one, and the deadline.
+    pub fn write_opts<T>(&self, req: &Request<T>) -> CallOptions {
+        let id = req.metadata().get(REQUEST_ID_HEADER).map(|v| v.as_bytes().to_vec());
+        write_options(id, self.deadline(req))
     }
 
     /// The caller's deadline (grpc-timeout), or the router's default.
@@ -108,7 +128,7 @@ impl KvService {
         self.check_key(&key)?;
         let r = self
             .router
-            .call(Target::Key(&key), false, deadline, |mut c, ctx| {
+            .call(Target::Key(&key), &CallOptions::read(deadline), |mut c, ctx| {
                 let req = shard::GetRequest { context: Some(ctx), key: key.clone(), consistency };
                 async move { c.get(req).await }
             })
@@ -117,11 +137,11 @@ impl KvService {
         Ok(GetResponse { found: r.found, value: r.value })
     }
 
-    pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, deadline: Instant) -> Result<PutResponse, ApiError> {
+    pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, opts: &CallOptions) -> Result<PutResponse, ApiError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
         self.router
-            .call(Target::Key(&key), true, deadline, |mut c, ctx| {
+            .call(Target::Key(&key), opts, |mut c, ctx| {
                 let req = shard::PutRequest { context: Some(ctx), key: key.clone(), value: value.clone() };
                 async move { c.put(req).await }
             })
@@ -130,11 +150,11 @@ impl KvService {
         Ok(PutResponse {})
     }
 
-    pub async fn delete_at(&self, key: Vec<u8>, deadline: Instant) -> Result<DeleteResponse, ApiError> {
+    pub async fn delete_at(&self, key: Vec<u8>, opts: &CallOptions) -> Result<DeleteResponse, ApiError> {
         self.check_key(&key)?;
         let r = self
             .router
-            .call(Target::Key(&key), true, deadline, |mut c, ctx| {
+            .call(Target::Key(&key), opts, |mut c, ctx| {
                 let req = shard::DeleteRequest { context: Some(ctx), key: key.clone() };
                 async move { c.delete(req).await }
             })
@@ -146,7 +166,7 @@ impl KvService {
     pub async fn cas_at(
         &self,
         req: CompareAndSwapRequest,
-        deadline: Instant,
+        opts: &CallOptions,
     ) -> Result<CompareAndSwapResponse, ApiError> {
         use ringkv_proto::api::compare_and_swap_request::{Expected, New};
         use shard::compare_and_swap_request as s;
@@ -170,7 +190,7 @@ impl KvService {
         let key = req.key;
         let r = self
             .router
-            .call(Target::Key(&key), true, deadline, |mut c, ctx| {
+            .call(Target::Key(&key), opts, |mut c, ctx| {
                 let req = shard::CompareAndSwapRequest {
                     context: Some(ctx),
                     key: key.clone(),
@@ -207,7 +227,7 @@ impl KvService {
                 let first = keys_[0].clone();
                 let r = self
                     .router
-                    .call(Target::Key(&first), false, deadline, |mut c, ctx| {
+                    .call(Target::Key(&first), &CallOptions::read(deadline), |mut c, ctx| {
                         let req = shard::BatchGetRequest { context: Some(ctx), keys: keys_.clone(), consistency };
                         async move { c.batch_get(req).await }
                     })
@@ -233,7 +253,7 @@ impl KvService {
         Ok(BatchGetResponse { results })
     }
 
-    async fn batch_put_at(&self, req: BatchPutRequest, deadline: Instant) -> Result<BatchPutResponse, ApiError> {
+    async fn batch_put_at(&self, req: BatchPutRequest, opts: &CallOptions) -> Result<BatchPutResponse, ApiError> {
         self.check_count(req.pairs.len())?;
         for p in &req.pairs {
             self.check_value(&p.value)?;
@@ -248,7 +268,7 @@ impl KvService {
                 let first = pairs[0].key.clone();
                 let r = self
                     .router
-                    .call(Target::Key(&first), true, deadline, |mut c, ctx| {
+                    .call(Target::Key(&first), opts, |mut c, ctx| {
                         let req = shard::BatchPutRequest { context: Some(ctx), pairs: pairs.clone() };
                         async move { c.batch_put(req).await }
                     })
@@ -269,7 +289,7 @@ impl KvService {
     async fn atomic_batch_at(
         &self,
         req: AtomicBatchRequest,
-        deadline: Instant,
+        opts: &CallOptions,
     ) -> Result<AtomicBatchResponse, ApiError> {
         let all: Vec<&Vec<u8>> =
             req.compares.iter().map(|c| &c.key).chain(req.mutations.iter().map(|m| &m.key)).collect();
@@ -296,7 +316,7 @@ impl KvService {
         let (compares, mutations) = (req.compares, req.mutations);
         let r = self
             .router
-            .call(Target::Key(&first), true, deadline, |mut c, ctx| {
+            .call(Target::Key(&first), opts, |mut c, ctx| {
                 let req =
                     shard::TxnRequest { context: Some(ctx), compares: compares.clone(), mutations: mutations.clone() };
                 async move { c.txn(req).await }
@@ -347,7 +367,7 @@ impl KvService {
             let (prefix, after_key) = (req.prefix.clone(), after.clone());
             let r = self
                 .router
-                .call(Target::Shard(d.id), false, deadline, |mut c, ctx| {
+                .call(Target::Shard(d.id), &CallOptions::read(deadline), |mut c, ctx| {
                     let req = shard::ScanRequest {
                         context: Some(ctx),
                         prefix: prefix.clone(),
@@ -408,22 +428,22 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let d = self.deadline(&req);
+        let o = self.write_opts(&req);
         let r = req.into_inner();
-        reply(self.put_at(r.key, r.value, d).await)
+        reply(self.put_at(r.key, r.value, &o).await)
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let d = self.deadline(&req);
-        reply(self.delete_at(req.into_inner().key, d).await)
+        let o = self.write_opts(&req);
+        reply(self.delete_at(req.into_inner().key, &o).await)
     }
 
     async fn compare_and_swap(
         &self,
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
-        let d = self.deadline(&req);
-        reply(self.cas_at(req.into_inner(), d).await)
+        let o = self.write_opts(&req);
+        reply(self.cas_at(req.into_inner(), &o).await)
     }
 
     async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
@@ -432,13 +452,13 @@ impl Kv for KvService {
     }
 
     async fn batch_put(&self, req: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
-        let d = self.deadline(&req);
-        reply(self.batch_put_at(req.into_inner(), d).await)
+        let o = self.write_opts(&req);
+        reply(self.batch_put_at(req.into_inner(), &o).await)
     }
 
     async fn atomic_batch(&self, req: Request<AtomicBatchRequest>) -> Result<Response<AtomicBatchResponse>, Status> {
-        let d = self.deadline(&req);
-        reply(self.atomic_batch_at(req.into_inner(), d).await)
+        let o = self.write_opts(&req);
+        reply(self.atomic_batch_at(req.into_inner(), &o).await)
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
