@@ -20,14 +20,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use prost::Message;
 use ringkv_proto::api::kv_client::KvClient;
-pub use ringkv_proto::api::{
-    AtomicBatchRequest, AtomicBatchResponse, CompareAndSwapResponse, KeyResult, ScanResponse,
-};
 use ringkv_proto::api::{
     compare_and_swap_request::{Expected, New},
     BatchGetRequest, BatchPutRequest, CompareAndSwapRequest, DeleteRequest, Error as ApiError, ErrorCode, GetRequest,
     PutRequest, ScanRequest,
 };
+pub use ringkv_proto::api::{AtomicBatchRequest, AtomicBatchResponse, CompareAndSwapResponse, KeyResult, ScanResponse};
 pub use ringkv_proto::kv::{Compare, KvPair, Mutation, ReadConsistency};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};

@@ -139,7 +139,12 @@ async fn put_key(
     }
 }
 
-async fn delete_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params, headers: HeaderMap) -> Response {
+async fn delete_key(
+    State(g): State<Gateway>,
+    Path(key): Path<String>,
+    Query(q): Params,
+    headers: HeaderMap,
+) -> Response {
     let opts = match g.deadline(&q) {
         Ok(d) => write_opts(&headers, d),
         Err(r) => return r,

@@ -83,12 +83,7 @@ impl Router {
 
     /// Runs `f` against the leader of the target shard
     /// until it succeeds, fails for good, or `deadline` passes.
-    pub async fn call<T, F, Fut>(
-        &self,
-        target: Target<'_>,
-        req: &CallOptions,
-        f: F,
-    ) -> Result<T, RouteError>
+    pub async fn call<T, F, Fut>(&self, target: Target<'_>, req: &CallOptions, f: F) -> Result<T, RouteError>
     where
         F: Fn(ShardKvClient<Channel>, RequestContext) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
