@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use ringkv_proto::meta::{Epoch, Replica, ReplicaRole, ShardDescriptor};
@@ -16,7 +15,7 @@ use ringkv_storenode::metrics::Metrics;
 use ringkv_storenode::raft::node::RaftNode;
 use ringkv_storenode::raft::raft_loop::Msg;
 use ringkv_storenode::raft::transport::AddressBook;
-use ringkv_storenode::server::{bind, incoming, spawn_http, StartError};
+use ringkv_storenode::server::{bind, incoming, spawn_http, StartError, SHUTDOWN_GRACE};
 use tokio::sync::watch;
 
 use crate::service::{Liveness, PlacementService};
@@ -140,7 +139,7 @@ impl PlacementHandle {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }
         if let Some(raft) = self.raft.take() {
             raft.stop().await;

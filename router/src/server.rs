@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringkv_proto::api::kv_server::KvServer;
 use ringkv_storenode::config::Limits;
 use ringkv_storenode::placement_client::PlacementClient;
-use ringkv_storenode::server::{bind, incoming, spawn_http, StartError};
+use ringkv_storenode::server::{bind, incoming, spawn_http, StartError, SHUTDOWN_GRACE};
 use tokio::sync::watch;
 
 use crate::routing::Router;
@@ -84,7 +84,7 @@ impl RouterHandle {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }
     }
 }

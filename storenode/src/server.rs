@@ -52,6 +52,10 @@ pub struct StorenodeHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How long stopping waits for a server task (gRPC graceful shutdown waits
+/// for peers' long-lived Raft streams, which only end when they reconnect).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Extra HTTP routes a process serves beside /metrics, /healthz, /readyz.
 pub type HttpRouter = axum::Router;
 
@@ -176,7 +180,7 @@ impl StorenodeHandle {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }
         if let Some(raft) = self.raft.take() {
             raft.stop().await;

@@ -1,6 +1,8 @@
 //! Subcommand dispatch.
 
 pub mod bench;
+pub mod data;
+pub mod ops;
 pub mod placement;
 pub mod playground;
 pub mod router;
@@ -23,10 +25,38 @@ pub enum Command {
     Storenode(storenode::Args),
     /// Run a router: the gRPC Kv API and the HTTP gateway.
     Router(router::Args),
+    /// Read a key (prints its value).
+    Get(data::Get),
+    /// Write a key.
+    Put(data::Put),
+    /// Delete a key.
+    Delete(data::Delete),
+    /// Compare-and-swap: write NEW only if the key holds --expect (or is --absent).
+    Cas(data::Cas),
+    /// List keys by prefix.
+    Scan(data::Scan),
+    /// Storenodes.
+    #[command(subcommand)]
+    Node(ops::NodeCmd),
+    /// Shards.
+    #[command(subcommand)]
+    Shard(ops::ShardCmd),
+    /// The cluster as a whole.
+    #[command(subcommand)]
+    Cluster(ops::ClusterCmd),
     /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
     Bench(bench::Args),
+}
+
+impl Command {
+    pub fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Placement(_) | Command::Storenode(_) | Command::Router(_) | Command::Playground(_) | Command::Bench(_)
+        )
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -34,6 +64,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Placement(a) => placement::run(a).await,
         Command::Storenode(a) => storenode::run(a).await,
         Command::Router(a) => router::run(a).await,
+        Command::Get(a) => data::get(a).await,
+        Command::Put(a) => data::put(a).await,
+        Command::Delete(a) => data::delete(a).await,
+        Command::Cas(a) => data::cas(a).await,
+        Command::Scan(a) => data::scan(a).await,
+        Command::Node(c) => ops::node(c).await,
+        Command::Shard(c) => ops::shard(c).await,
+        Command::Cluster(c) => ops::cluster(c).await,
         Command::Playground(a) => playground::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }
