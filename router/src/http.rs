@@ -4,19 +4,21 @@
 //! shed). Keys are the URL path segment (percent-decoded); values are the raw
 //! request/response body. `?timeout_ms=` overrides the deadline;
 //! `?consistency=follower|stale` relaxes a read; `PUT ...?if_value=V` or
-//! `?if_absent=true` makes the write a compare-and-swap.
+//! `?if_absent=true` makes the write a compare-and-swap. `POST /v1/batch_get`
+//! takes JSON `{"keys": [...]}`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 use ringkv_proto::api::compare_and_swap_request::{Expected, New};
-use ringkv_proto::api::{CompareAndSwapRequest, Error as ApiError, ErrorCode};
+use ringkv_proto::api::{BatchGetRequest, CompareAndSwapRequest, Error as ApiError, ErrorCode};
 use ringkv_proto::kv::ReadConsistency;
 use serde_json::json;
 
@@ -29,7 +31,52 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub fn routes(svc: KvService, default_timeout: Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/kv/:key", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/batch_get", post(batch_get))
         .with_state(Gateway { svc, default_timeout })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchGetBody {
+    keys: Vec<String>,
+}
+
+/// `POST /v1/batch_get` with `{"keys": ["a", "b"]}`: each key's value (or
+/// null when missing, or its own error), read linearizably.
+async fn batch_get(
+    State(g): State<Gateway>,
+    Query(q): Params,
+    body: Result<Json<BatchGetBody>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("request body: {}", e.body_text())),
+    };
+    let deadline = match g.deadline(&q) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let req = BatchGetRequest {
+        keys: body.keys.into_iter().map(String::into_bytes).collect(),
+        consistency: ReadConsistency::Linearizable as i32,
+    };
+    match g.svc.batch_get_at(req, deadline).await {
+        Ok(r) => {
+            let results: Vec<serde_json::Value> = r
+                .results
+                .into_iter()
+                .map(|k| match k.error {
+                    Some(e) => json!({ "key": String::from_utf8_lossy(&k.key), "error": e.message }),
+                    None => json!({
+                        "key": String::from_utf8_lossy(&k.key),
+                        "value": k.found.then(|| String::from_utf8_lossy(&k.value).into_owned()),
+                    }),
+                })
+                .collect();
+            (StatusCode::OK, Json(json!({ "results": results }))).into_response()
+        }
+        Err(e) => error_response(e),
+    }
 }
 
 #[derive(Clone)]

@@ -215,7 +215,7 @@ impl KvService {
         Ok(groups)
     }
 
-    async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
+    pub async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
         self.check_count(req.keys.len())?;
         let groups = self.by_shard(&req.keys)?;
         let consistency = req.consistency;

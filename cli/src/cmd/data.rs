@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use ringkv_client::{Client, ReadConsistency};
 use serde::Serialize;
 
@@ -45,6 +45,7 @@ pub struct Get {
 #[derive(clap::Args)]
 pub struct Put {
     key: String,
+    /// The value; "-" reads it from standard input (for large or binary values).
     value: String,
     #[command(flatten)]
     conn: Conn,
@@ -112,7 +113,14 @@ pub async fn get(a: Get) -> anyhow::Result<()> {
 }
 
 pub async fn put(a: Put) -> anyhow::Result<()> {
-    a.conn.client().await?.put(a.key.as_bytes(), a.value.as_bytes()).await?;
+    let value = if a.value == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("reading the value from stdin")?;
+        v
+    } else {
+        a.value.into_bytes()
+    };
+    a.conn.client().await?.put(a.key.as_bytes(), &value).await?;
     report(a.conn.output, serde_json::json!({ "ok": true }), "OK")
 }
 
@@ -125,7 +133,12 @@ pub async fn cas(a: Cas) -> anyhow::Result<()> {
     if a.expect.is_none() && !a.absent {
         bail!("say what the key must hold: --expect VALUE or --absent");
     }
-    let r = a.conn.client().await?.cas(a.key.as_bytes(), a.expect.as_deref().map(str::as_bytes), Some(a.new.as_bytes())).await?;
+    let r = a
+        .conn
+        .client()
+        .await?
+        .cas(a.key.as_bytes(), a.expect.as_deref().map(str::as_bytes), Some(a.new.as_bytes()))
+        .await?;
     let json = serde_json::json!({
         "succeeded": r.succeeded,
         "found": r.found,

@@ -54,7 +54,11 @@ impl Command {
     pub fn is_server(&self) -> bool {
         matches!(
             self,
-            Command::Placement(_) | Command::Storenode(_) | Command::Router(_) | Command::Playground(_) | Command::Bench(_)
+            Command::Placement(_)
+                | Command::Storenode(_)
+                | Command::Router(_)
+                | Command::Playground(_)
+                | Command::Bench(_)
         )
     }
 }

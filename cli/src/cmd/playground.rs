@@ -81,7 +81,11 @@ struct Children(Vec<(ProcessInfo, Child)>);
 
 impl Children {
     fn spawn(&mut self, info: ProcessInfo, args: Vec<String>) -> anyhow::Result<()> {
-        let log = File::options().create(true).append(true).open(&info.log).with_context(|| info.log.display().to_string())?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&info.log)
+            .with_context(|| info.log.display().to_string())?;
         let exe = std::env::current_exe().context("finding the ringkv binary")?;
         let child = Command::new(exe)
             .args(&args)
@@ -216,7 +220,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     std::fs::write(dir.join("playground.json"), serde_json::to_string_pretty(&procs)?)?;
 
     wait_until_serving(&mut children, &router_addr, Duration::from_secs(a.ready_timeout_secs)).await?;
-    println!("ringkv playground is up: {} placement, {} storenodes, 1 router; data in {}", a.placement, a.storenodes, dir.display());
+    println!(
+        "ringkv playground is up: {} placement, {} storenodes, 1 router; data in {}",
+        a.placement,
+        a.storenodes,
+        dir.display()
+    );
     println!("  router gRPC   {router_addr}");
     println!("  router HTTP   http://{router_http}");
     println!("  placement     {}", placement_addrs.join(","));
@@ -225,7 +234,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         println!("  export RINGKV_ROUTER={router_addr} RINGKV_PLACEMENT={}", placement_addrs.join(","));
     }
     println!("  ringkv put hello world && ringkv get hello");
-    println!("  curl -X PUT --data-binary 42 http://{router_http}/v1/kv/answer; curl http://{router_http}/v1/kv/answer");
+    println!(
+        "  curl -X PUT --data-binary 42 http://{router_http}/v1/kv/answer; curl http://{router_http}/v1/kv/answer"
+    );
     println!("  ringkv cluster status;  ringkv shard list;  ringkv node list");
     println!("Processes, addresses and logs: {}. Ctrl-C stops everything.", dir.join("playground.json").display());
 

@@ -1,0 +1,278 @@
+//! Shared by the multi-process tests: real `ringkv` processes on 127.0.0.1
+//! ports picked free, their logs in the test's temporary directory, and a
+//! guard that kills every one of them when the test ends, pass or fail (and
+//! prints the tail of each log when it failed).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringkv_client::Client;
+use ringkv_proto::placement::ClusterStatusRequest;
+use ringkv_storenode::placement_client::PlacementClient;
+
+pub fn ringkv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ringkv"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Polls `f` until it returns Some or `timeout` passes (then panics with `what`).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Proc {
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Named processes that can be killed and restarted with the same arguments.
+pub struct Procs {
+    dir: PathBuf,
+    procs: BTreeMap<String, Proc>,
+}
+
+impl Procs {
+    pub fn new(dir: &Path) -> Procs {
+        Procs { dir: dir.to_path_buf(), procs: BTreeMap::new() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn start(&mut self, name: &str, args: Vec<String>) {
+        let log = self.dir.join(format!("{name}.log"));
+        self.procs.insert(name.to_string(), Proc { args, log, child: None });
+        self.restart(name);
+    }
+
+    /// Starts `name` again with its original arguments.
+    pub fn restart(&mut self, name: &str) {
+        let p = self.procs.get_mut(name).expect("a known process");
+        assert!(p.child.is_none(), "{name} is already running");
+        let log = File::options().create(true).append(true).open(&p.log).expect("log file");
+        let child = ringkv()
+            .args(&p.args)
+            .env("RUST_LOG", "info,raft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ringkv");
+        p.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self, name: &str) {
+        let p = self.procs.get_mut(name).expect("a known process");
+        if let Some(mut c) = p.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reap");
+        }
+    }
+
+    pub fn is_running(&mut self, name: &str) -> bool {
+        let p = self.procs.get_mut(name).expect("a known process");
+        p.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in self.procs.values_mut() {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for (name, p) in &self.procs {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- {name} (last lines of {}) ---", p.log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// A playground-shaped cluster: placement members, storenodes, routers.
+pub struct TestCluster {
+    pub procs: Procs,
+    pub placement: Vec<String>,
+    pub storenodes: Vec<String>,
+    pub routers: Vec<String>,
+    pub router_http: Vec<String>,
+}
+
+impl TestCluster {
+    pub fn start(dir: &Path, placement: usize, storenodes: usize, routers: usize, shards: u64) -> TestCluster {
+        let mut procs = Procs::new(dir);
+        let p_addrs: Vec<String> = (0..placement).map(|_| free_addr()).collect();
+        let members: Vec<String> = p_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        for (i, a) in p_addrs.iter().enumerate() {
+            let id = i + 1;
+            let mut args: Vec<String> = vec![
+                "placement".into(),
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                a.clone(),
+                "--data-dir".into(),
+                dir.join(format!("placement-{id}")).display().to_string(),
+                "--initial-shards".into(),
+                shards.to_string(),
+                "--replication-factor".into(),
+                storenodes.min(3).to_string(),
+                "--raft-tick-ms".into(),
+                "50".into(),
+                "--down-after-secs".into(),
+                "3".into(),
+            ];
+            for m in &members {
+                args.extend(["--member".into(), m.clone()]);
+            }
+            procs.start(&format!("placement-{id}"), args);
+        }
+        let s_addrs: Vec<String> = (0..storenodes).map(|_| free_addr()).collect();
+        for (i, a) in s_addrs.iter().enumerate() {
+            let id = i + 1;
+            let mut args: Vec<String> = vec![
+                "storenode".into(),
+                "--node-id".into(),
+                id.to_string(),
+                "--listen".into(),
+                a.clone(),
+                "--http".into(),
+                free_addr(),
+                "--data-dir".into(),
+                dir.join(format!("storenode-{id}")).display().to_string(),
+                "--raft-tick-ms".into(),
+                "50".into(),
+            ];
+            for p in &p_addrs {
+                args.extend(["--placement".into(), p.clone()]);
+            }
+            procs.start(&format!("storenode-{id}"), args);
+        }
+        let (mut r_addrs, mut r_http) = (Vec::new(), Vec::new());
+        for i in 0..routers {
+            let (g, h) = (free_addr(), free_addr());
+            let args = vec![
+                "router".into(),
+                "--listen".into(),
+                g.clone(),
+                "--http".into(),
+                h.clone(),
+                "--placement".into(),
+                p_addrs.join(","),
+            ];
+            procs.start(&format!("router-{}", i + 1), args);
+            r_addrs.push(g);
+            r_http.push(h);
+        }
+        TestCluster { procs, placement: p_addrs, storenodes: s_addrs, routers: r_addrs, router_http: r_http }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.routers).await.expect("router addresses").with_timeout(Duration::from_secs(10))
+    }
+
+    /// Until a write and a read go through every router.
+    pub async fn wait_serving(&self, timeout: Duration) {
+        for r in &self.routers {
+            let c = Client::connect([r]).await.expect("router address").with_timeout(Duration::from_secs(2));
+            eventually(&format!("router {r} to serve"), timeout, || {
+                let c = &c;
+                async move {
+                    c.put(b"probe", b"ok").await.ok()?;
+                    (c.get(b"probe").await.ok()?.as_deref() == Some(b"ok".as_slice())).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The placement member (1-based) that leads the group now.
+    pub async fn placement_leader(&self) -> Option<u64> {
+        let pc = PlacementClient::new(self.placement.clone());
+        let st = pc
+            .call(Duration::from_secs(3), |mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
+            .await
+            .ok()?;
+        st.placement.iter().find(|m| m.is_leader).map(|m| m.id)
+    }
+}
+
+/// `ringkv` with `args`, its exit status, stdout and stderr.
+pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = ringkv().args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().expect("run ringkv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One HTTP request to `addr` (HTTP/1.1, connection closed after): status and body.
+pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP gateway");
+    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).expect("send request");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read response");
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete HTTP response");
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let mut body = resp[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
