@@ -119,10 +119,10 @@ fn shard_row(s: &ShardInfo) -> ShardRow {
 }
 
 async fn shard_map(c: &PlacementConn) -> anyhow::Result<ShardMap> {
-    Ok(c.client()?
+    c.client()?
         .call(c.timeout(), |mut p| async move { p.get_shard_map(GetShardMapRequest {}).await })
         .await
-        .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))?)
+        .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))
 }
 
 pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
