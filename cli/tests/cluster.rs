@@ -90,6 +90,55 @@ async fn cluster_serves_10k_keys_through_grpc_and_http_and_routers_agree() {
         assert_eq!(r.get(&k).await.expect("get"), Some(i.to_be_bytes().to_vec()), "the other router sees the write");
     }
 
+    // Scans: a complete hash tag reads one shard in key order; a plain prefix
+    // is a paged full scan that still returns every match exactly once.
+    for i in (0..30u32).rev() {
+        client.put(format!("user:{{7}}:{i:02}").as_bytes(), b"x").await.expect("put");
+    }
+    let page = client.scan(b"user:{7}:", 100, b"").await.expect("scan");
+    assert!(!page.full_scan && page.continuation.is_empty());
+    let keys: Vec<String> = page.pairs.iter().map(|p| String::from_utf8_lossy(&p.key).into_owned()).collect();
+    let want: Vec<String> = (0..30).map(|i| format!("user:{{7}}:{i:02}")).collect();
+    assert_eq!(keys, want, "one shard, key order");
+    let (mut seen, mut token, mut pages) = (Vec::new(), Vec::new(), 0);
+    loop {
+        let page = client.scan(b"key-01", 37, &token).await.expect("scan");
+        assert!(page.full_scan);
+        seen.extend(page.pairs.into_iter().map(|p| p.key));
+        pages += 1;
+        if page.continuation.is_empty() {
+            break;
+        }
+        token = page.continuation;
+        assert!(pages < 100, "the scan ends");
+    }
+    seen.sort();
+    let want: Vec<Vec<u8>> = (1000..2000).map(|i| format!("key-{i:05}").into_bytes()).collect();
+    assert_eq!(seen, want, "a paged full scan returns every match once");
+    assert!(pages >= 1000 / 37, "paged: {pages} pages");
+
+    // An atomic batch over one tag: all or nothing.
+    use ringkv_client::{AtomicBatchRequest, Compare, Mutation};
+    use ringkv_proto::kv::{compare::Expected, mutation::Op};
+    let batch = |expect: &[u8], v: &[u8]| AtomicBatchRequest {
+        compares: vec![Compare {
+            key: b"acct:{9}:a".to_vec(),
+            expected: Some(Expected::ExpectedValue(expect.to_vec())),
+        }],
+        mutations: vec![
+            Mutation { key: b"acct:{9}:a".to_vec(), op: Some(Op::Put(v.to_vec())) },
+            Mutation { key: b"acct:{9}:b".to_vec(), op: Some(Op::Put(v.to_vec())) },
+        ],
+    };
+    client.put(b"acct:{9}:a", b"0").await.expect("put");
+    let r = client.atomic_batch(batch(b"wrong", b"1")).await.expect("atomic batch");
+    assert!(!r.succeeded && r.current[0].value == b"0");
+    assert_eq!(client.get(b"acct:{9}:b").await.expect("get"), None, "nothing applied");
+    let r = client.atomic_batch(batch(b"0", b"1")).await.expect("atomic batch");
+    assert!(r.succeeded);
+    assert_eq!(client.get(b"acct:{9}:a").await.expect("get"), Some(b"1".to_vec()));
+    assert_eq!(client.get(b"acct:{9}:b").await.expect("get"), Some(b"1".to_vec()));
+
     // The CLI sees the cluster: every shard has a leader, nothing is under-replicated.
     let placement = cluster.placement.join(",");
     let (ok, out, err) = run_cli(&["cluster", "status", "-o", "json"], &[("RINGKV_PLACEMENT", &placement)]);
@@ -261,4 +310,18 @@ async fn bad_input_through_every_door_is_refused_and_nothing_written() {
     assert_eq!(c.get(b"big-value").await.expect("get"), None);
     assert_eq!(c.get(b"{a}1").await.expect("get"), None);
     assert_eq!(c.get(b"k").await.expect("get"), None);
+
+    // No storenode at all: 503 within the requested deadline, not a hang.
+    let (status, _) = http("PUT", &h, "/v1/kv/k", b"v");
+    assert_eq!(status, 204);
+    let (status, _) = http("PUT", &h, "/v1/kv/k?if_value=nope", b"v2");
+    assert_eq!(status, 409);
+    let mut cluster = cluster;
+    for i in 1..=3 {
+        cluster.procs.kill9(&format!("storenode-{i}"));
+    }
+    let start = Instant::now();
+    let (status, _) = http("GET", &h, "/v1/kv/k?timeout_ms=700", b"");
+    assert_eq!(status, 503);
+    assert!(start.elapsed() < Duration::from_secs(3), "answered within the deadline: {:?}", start.elapsed());
 }
