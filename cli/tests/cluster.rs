@@ -311,6 +311,32 @@ async fn bad_input_through_every_door_is_refused_and_nothing_written() {
     assert_eq!(c.get(b"{a}1").await.expect("get"), None);
     assert_eq!(c.get(b"k").await.expect("get"), None);
 
+    // Operators mark nodes draining and back; the state is replicated.
+    let penv = [("RINGKV_PLACEMENT", cluster.placement[0].as_str())];
+    let (ok, out, err) = run_cli(&["node", "drain", "3", "-o", "json"], &penv);
+    assert!(ok && out.contains("\"draining\""), "{out}{err}");
+    let (ok, out, _) = run_cli(&["node", "list", "-o", "json"], &penv);
+    let nodes: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(ok && nodes.as_array().expect("nodes").iter().any(|n| n["id"] == 3 && n["state"] == "draining"));
+    let (ok, _, err) = run_cli(&["node", "undrain", "3"], &penv);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_cli(&["node", "drain", "42"], &penv);
+    assert!(!ok && err.contains("node 42 is not registered"), "{err}");
+
+    // A second router from a TOML file serves the same data; a typo in the file is refused.
+    let toml = dir.path().join("router.toml");
+    let (g, hh) = (common::free_addr(), common::free_addr());
+    std::fs::write(&toml, format!("listen = \"{g}\"\nhttp = \"{hh}\"\nplacement = [\"{}\"]\n", cluster.placement[0]))
+        .expect("write config");
+    let mut procs = common::Procs::new(dir.path());
+    procs.start("router-toml", vec!["router".into(), "--config".into(), toml.display().to_string()]);
+    let c2 = Client::connect([&g]).await.expect("router");
+    eventually("the TOML router to serve", START_TIMEOUT, || async { c2.get(b"k").await.ok() }).await;
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nplacment = []\n").expect("write config");
+    let (ok, _, err) = run_cli(&["router", "--config", bad.to_str().expect("utf-8 path")], &[]);
+    assert!(!ok && err.contains("placment"), "the unknown key is named: {err}");
+
     // No storenode at all: 503 within the requested deadline, not a hang.
     let (status, _) = http("PUT", &h, "/v1/kv/k", b"v");
     assert_eq!(status, 204);

@@ -81,6 +81,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Reads a TOML settings file; unknown keys are errors (a typo must not be
+/// silently ignored).
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ringkv_proto::placement::{
-    ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, Node, NodeState, ShardInfo, ShardMap,
+    ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, Node, NodeState, SetNodeStateRequest, ShardInfo,
+    ShardMap,
 };
 use ringkv_storenode::placement_client::PlacementClient;
 use serde::Serialize;
@@ -40,6 +41,24 @@ impl PlacementConn {
 pub enum NodeCmd {
     /// Every storenode with its state and address.
     List(PlacementConn),
+    /// Mark a storenode draining (its replicas are to move elsewhere).
+    Drain {
+        id: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
+    /// Mark a draining storenode up again.
+    Undrain {
+        id: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
+    /// Remove a storenode for good (its id is never reused).
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -125,8 +144,26 @@ async fn shard_map(c: &PlacementConn) -> anyhow::Result<ShardMap> {
         .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))
 }
 
+async fn set_state(id: u64, state: NodeState, c: PlacementConn) -> anyhow::Result<()> {
+    let r = c
+        .client()?
+        .call(c.timeout(), |mut p| async move {
+            p.set_node_state(SetNodeStateRequest { node_id: id, state: state as i32 }).await
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))?;
+    let row = node_row(&r.node.unwrap_or_default());
+    let table = vec![vec![row.id.to_string(), row.state.clone(), row.address.clone()]];
+    print(c.output, &row, &["id", "state", "address"], table)
+}
+
 pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
-    let NodeCmd::List(c) = cmd;
+    let c = match cmd {
+        NodeCmd::List(c) => c,
+        NodeCmd::Drain { id, conn } => return set_state(id, NodeState::Draining, conn).await,
+        NodeCmd::Undrain { id, conn } => return set_state(id, NodeState::Up, conn).await,
+        NodeCmd::Remove { id, conn } => return set_state(id, NodeState::Removed, conn).await,
+    };
     let r = c
         .client()?
         .call(c.timeout(), |mut p| async move { p.list_nodes(ListNodesRequest {}).await })

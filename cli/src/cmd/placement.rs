@@ -8,35 +8,64 @@ use anyhow::{bail, Context};
 use ringkv_placement::{PlacementConfig, PlacementServer, PlacementSettings};
 use ringkv_storenode::config::RaftSettings;
 
-#[derive(clap::Args)]
+/// Flags, or the same keys in a TOML file (`--config`); a flag wins over
+/// the file, the file over the default.
+#[derive(clap::Args, serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Args {
-    /// This member's id (1, 2, 3…).
-    #[arg(long, default_value_t = 1)]
-    id: u64,
-    /// gRPC listen address.
-    #[arg(long, default_value = "127.0.0.1:2379")]
-    listen: SocketAddr,
+    /// TOML file with any of these settings (keys in snake_case).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// This member's id (1, 2, 3…). Default 1.
+    #[arg(long)]
+    id: Option<u64>,
+    /// gRPC listen address. Default 127.0.0.1:2379.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// HTTP address for /metrics, /healthz, /readyz.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Default ringkv-data/placement-ID.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Every member as ID=ADDRESS, this one included (repeatable). Default:
     /// a single member at --listen.
     #[arg(long = "member")]
+    #[serde(rename = "members")]
     members: Vec<String>,
-    /// Replicas per shard, and storenodes needed before the first shards exist.
-    #[arg(long, default_value_t = 3)]
-    replication_factor: usize,
-    /// Shards created when the cluster bootstraps.
-    #[arg(long, default_value_t = 16)]
-    initial_shards: u64,
-    /// Seconds without a heartbeat before a storenode is shown down.
-    #[arg(long, default_value_t = 10)]
-    down_after_secs: u64,
-    /// Raft tick in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    raft_tick_ms: u64,
+    /// Replicas per shard, and storenodes needed before the first shards exist. Default 3.
+    #[arg(long)]
+    replication_factor: Option<usize>,
+    /// Shards created when the cluster bootstraps. Default 16.
+    #[arg(long)]
+    initial_shards: Option<u64>,
+    /// Seconds without a heartbeat before a storenode is shown down. Default 10.
+    #[arg(long)]
+    down_after_secs: Option<u64>,
+    /// Raft tick in milliseconds. Default 100.
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
+}
+
+impl Args {
+    /// These flags over the `--config` file's values.
+    fn merged(self) -> anyhow::Result<Args> {
+        let Some(path) = &self.config else { return Ok(self) };
+        let f: Args = super::load_toml(path)?;
+        Ok(Args {
+            config: self.config.clone(),
+            id: self.id.or(f.id),
+            listen: self.listen.or(f.listen),
+            http: self.http.or(f.http),
+            data_dir: self.data_dir.or(f.data_dir),
+            members: if self.members.is_empty() { f.members } else { self.members },
+            replication_factor: self.replication_factor.or(f.replication_factor),
+            initial_shards: self.initial_shards.or(f.initial_shards),
+            down_after_secs: self.down_after_secs.or(f.down_after_secs),
+            raft_tick_ms: self.raft_tick_ms.or(f.raft_tick_ms),
+        })
+    }
 }
 
 pub fn parse_id_addr(flag: &str, s: &str) -> anyhow::Result<(u64, String)> {
@@ -46,37 +75,42 @@ pub fn parse_id_addr(flag: &str, s: &str) -> anyhow::Result<(u64, String)> {
     Ok((id, addr.to_string()))
 }
 
-pub fn config(a: &Args) -> anyhow::Result<PlacementConfig> {
+pub fn config(a: Args) -> anyhow::Result<PlacementConfig> {
+    let a = a.merged()?;
+    let id = a.id.unwrap_or(1);
+    let listen = a.listen.unwrap_or_else(|| ([127, 0, 0, 1], 2379).into());
     let members = if a.members.is_empty() {
-        vec![(a.id, a.listen.to_string())]
+        vec![(id, listen.to_string())]
     } else {
         a.members.iter().map(|m| parse_id_addr("--member", m)).collect::<anyhow::Result<Vec<_>>>()?
     };
-    if !members.iter().any(|(id, _)| *id == a.id) {
-        bail!("--id {} is not among the --member list", a.id);
+    if !members.iter().any(|(m, _)| *m == id) {
+        bail!("--id {id} is not among the --member list");
     }
-    if a.replication_factor == 0 || a.initial_shards == 0 {
-        bail!("--replication-factor and --initial-shards must be at least 1");
+    let defaults = PlacementSettings::default();
+    let settings = PlacementSettings {
+        replication_factor: a.replication_factor.unwrap_or(defaults.replication_factor),
+        initial_shards: a.initial_shards.unwrap_or(defaults.initial_shards),
+        down_after: a.down_after_secs.map_or(defaults.down_after, Duration::from_secs),
+        ..defaults
+    };
+    if settings.replication_factor == 0 || settings.initial_shards == 0 || settings.down_after.is_zero() {
+        bail!("replication factor, initial shards and down-after must be at least 1");
     }
-    let raft = RaftSettings { tick_ms: a.raft_tick_ms, ..Default::default() };
+    let raft = RaftSettings { tick_ms: a.raft_tick_ms.unwrap_or(100).max(1), ..Default::default() };
     Ok(PlacementConfig {
-        member_id: a.id,
-        listen_addr: a.listen,
+        member_id: id,
+        listen_addr: listen,
         http_addr: a.http,
-        data_dir: a.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("ringkv-data/placement-{}", a.id))),
+        data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from(format!("ringkv-data/placement-{id}"))),
         members,
         raft,
-        settings: PlacementSettings {
-            replication_factor: a.replication_factor,
-            initial_shards: a.initial_shards,
-            down_after: Duration::from_secs(a.down_after_secs),
-            ..Default::default()
-        },
+        settings,
     })
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let cfg = config(&a)?;
+    let cfg = config(a)?;
     let h = PlacementServer::start(cfg).await?;
     println!("placement {} serving gRPC on {} (http {:?})", h.member_id, h.grpc_addr, h.http_addr);
     super::shutdown_signal().await;

@@ -1,38 +1,58 @@
 //! `ringkv router`: runs a router (gRPC Kv + HTTP gateway) until Ctrl-C / SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use ringkv_router::{RouterConfig, RouterServer};
 use ringkv_storenode::config::Limits;
 
-#[derive(clap::Args)]
+/// Flags, or the same keys in a TOML file (`--config`); a flag wins over
+/// the file, the file over the default.
+#[derive(clap::Args, serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Args {
-    /// gRPC listen address (the Kv API).
-    #[arg(long, default_value = "127.0.0.1:6380")]
-    listen: SocketAddr,
-    /// HTTP gateway address (/v1/kv/{key}, /metrics, /healthz).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
-    /// A placement member's gRPC address (repeatable).
-    #[arg(long = "placement", env = "RINGKV_PLACEMENT", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    /// TOML file with any of these settings (keys in snake_case).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// gRPC listen address (the Kv API). Default 127.0.0.1:6380.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP gateway address (/v1/kv/{key}, /metrics, /healthz). Default 127.0.0.1:8080.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Placement members' gRPC addresses, comma-separated. Default 127.0.0.1:2379.
+    #[arg(long = "placement", env = "RINGKV_PLACEMENT", value_delimiter = ',')]
     placement: Vec<String>,
-    /// Deadline of a request that names none, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
-    timeout_ms: u64,
+    /// Deadline of a request that names none, in milliseconds. Default 5000.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    for p in &a.placement {
+    let f: Args = match &a.config {
+        Some(p) => super::load_toml(p)?,
+        None => Args::default(),
+    };
+    let placement = if !a.placement.is_empty() {
+        a.placement
+    } else if !f.placement.is_empty() {
+        f.placement
+    } else {
+        vec!["127.0.0.1:2379".to_string()]
+    };
+    for p in &placement {
         p.parse::<SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
     }
-    anyhow::ensure!(a.timeout_ms > 0, "--timeout-ms must be positive");
+    let timeout_ms = a.timeout_ms.or(f.timeout_ms).unwrap_or(5000);
+    anyhow::ensure!(timeout_ms > 0, "--timeout-ms must be positive");
     let cfg = RouterConfig {
-        listen_addr: a.listen,
-        http_addr: Some(a.http),
-        placement: a.placement,
-        default_timeout: Duration::from_millis(a.timeout_ms),
+        listen_addr: a.listen.or(f.listen).unwrap_or_else(|| ([127, 0, 0, 1], 6380).into()),
+        http_addr: Some(a.http.or(f.http).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into())),
+        placement,
+        default_timeout: Duration::from_millis(timeout_ms),
         limits: Limits::default(),
     };
     let h = RouterServer::start(cfg).await?;
