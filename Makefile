@@ -20,7 +20,7 @@ build: setup
 
 # The main job: a local cluster on 127.0.0.1, until Ctrl-C.
 run: build
-	$(RINGKV) playground --dir $(DIR)
+	$(RINGKV) playground --dir $(DIR) --storenodes 3 --placement 3 --shards 16
 
 # The whole test suite (unit, in-process cluster and multi-process tests).
 test: setup
