@@ -219,6 +219,19 @@ async fn kill9_of_any_role_while_writing_loses_nothing() {
         let took = progress(&acks, 100, &format!("writes with {victim} killed")).await;
         eprintln!("killed {victim}: 100 more writes in {took:?}");
         assert!(took < Duration::from_secs(15), "writes took {took:?} to resume after killing {victim}");
+        if let Some(id) = victim.strip_prefix("storenode-") {
+            // Placement notices the silence (--down-after-secs 3).
+            let placement = cluster.placement.join(",");
+            eventually(&format!("node {id} shown down"), Duration::from_secs(20), || {
+                let placement = placement.clone();
+                async move {
+                    let (_, out, _) = run_cli(&["node", "list", "-o", "json"], &[("RINGKV_PLACEMENT", &placement)]);
+                    let nodes: serde_json::Value = serde_json::from_str(&out).ok()?;
+                    nodes.as_array()?.iter().any(|n| n["id"].to_string() == id && n["state"] == "down").then_some(())
+                }
+            })
+            .await;
+        }
         cluster.procs.restart(victim);
         // Rejoined: it serves again (routers: a probe through it; others: the cluster keeps writing).
         if victim.starts_with("router") {
@@ -336,6 +349,45 @@ async fn bad_input_through_every_door_is_refused_and_nothing_written() {
     std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nplacment = []\n").expect("write config");
     let (ok, _, err) = run_cli(&["router", "--config", bad.to_str().expect("utf-8 path")], &[]);
     assert!(!ok && err.contains("placment"), "the unknown key is named: {err}");
+
+    // A router at its in-flight limit sheds load with 429 instead of queueing.
+    let (g1, h1) = (common::free_addr(), common::free_addr());
+    let placement = cluster.placement[0].clone();
+    procs.start(
+        "router-small",
+        vec![
+            "router".into(),
+            "--listen".into(),
+            g1,
+            "--http".into(),
+            h1.clone(),
+            "--placement".into(),
+            placement,
+            "--max-inflight".into(),
+            "1".into(),
+        ],
+    );
+    eventually("the small router to serve", START_TIMEOUT, || {
+        let h1 = h1.clone();
+        async move { (common::try_http("GET", &h1, "/v1/kv/k", b"").ok()?.0 == 404).then_some(()) }
+    })
+    .await;
+    // All threads connect first, then send at once.
+    let barrier = Arc::new(std::sync::Barrier::new(48));
+    let statuses: Vec<u16> = (0..48)
+        .map(|_| {
+            let (h1, barrier) = (h1.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                http("GET", &h1, "/v1/kv/k", b"").0
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("request thread"))
+        .collect();
+    assert!(statuses.contains(&429), "some requests shed: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 404 || *s == 429), "only served (no such key) or shed: {statuses:?}");
 
     // No storenode at all: 503 within the requested deadline, not a hang.
     let (status, _) = http("PUT", &h, "/v1/kv/k", b"v");

@@ -17,6 +17,7 @@ use ringkv_proto::meta::ShardDescriptor;
 use ringkv_storenode::error::from_status;
 use ringkv_storenode::testkit::{classify, connect};
 use ringkv_storenode::Error;
+use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -65,11 +66,14 @@ pub enum Target<'a> {
 pub struct Router {
     pub map: Arc<ShardMapCache>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Calls in flight; past the limit new ones are shed (Overloaded) rather
+    /// than queued, so an overloaded cluster answers fast instead of late.
+    inflight: Semaphore,
 }
 
 impl Router {
-    pub fn new(map: Arc<ShardMapCache>) -> Self {
-        Router { map, channels: Mutex::new(HashMap::new()) }
+    pub fn new(map: Arc<ShardMapCache>, max_inflight: usize) -> Self {
+        Router { map, channels: Mutex::new(HashMap::new()), inflight: Semaphore::new(max_inflight.max(1)) }
     }
 
     async fn client(&self, addr: &str) -> Result<ShardKvClient<Channel>, Error> {
@@ -88,6 +92,10 @@ impl Router {
         F: Fn(ShardKvClient<Channel>, RequestContext) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let _permit = self
+            .inflight
+            .try_acquire()
+            .map_err(|_| RouteError::Overloaded("too many requests in flight on this router".into()))?;
         let (request_id, is_write, deadline) = (req.request_id.as_slice(), req.is_write, req.deadline);
         let mut backoff = Duration::from_millis(10);
         let mut attempt = 0usize;

@@ -24,6 +24,8 @@ pub struct RouterConfig {
     /// Deadline of a request that names none.
     pub default_timeout: Duration,
     pub limits: Limits,
+    /// Shard calls in flight before new requests are shed (HTTP 429).
+    pub max_inflight: usize,
 }
 
 pub struct RouterServer;
@@ -44,7 +46,7 @@ impl RouterServer {
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
         let (stop, stop_rx) = watch::channel(false);
         let map = ShardMapCache::new(Arc::new(PlacementClient::new(cfg.placement.clone())));
-        let router = Arc::new(Router::new(map.clone()));
+        let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));
         let svc = KvService::new(router, cfg.limits.clone(), cfg.default_timeout);
         let mut rx = stop_rx.clone();
         let grpc = tonic::transport::Server::builder()

@@ -29,6 +29,10 @@ pub struct Args {
     /// Deadline of a request that names none, in milliseconds. Default 5000.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Requests in flight before new ones are shed (gRPC RESOURCE_EXHAUSTED,
+    /// HTTP 429). Default 10000.
+    #[arg(long)]
+    max_inflight: Option<usize>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -54,6 +58,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         placement,
         default_timeout: Duration::from_millis(timeout_ms),
         limits: Limits::default(),
+        max_inflight: a.max_inflight.or(f.max_inflight).unwrap_or(10_000).max(1),
     };
     let h = RouterServer::start(cfg).await?;
     println!("router serving gRPC on {} and HTTP on {:?}", h.grpc_addr, h.http_addr);

@@ -243,24 +243,31 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
 
 /// One HTTP request to `addr` (HTTP/1.1, connection closed after): status and body.
 pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    try_http(method, addr, path, body).expect("an HTTP exchange with the gateway")
+}
+
+/// [`http`], with connection errors returned (for polling a starting server).
+pub fn try_http(method: &str, addr: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP gateway");
-    s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).expect("send request");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).expect("read response");
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete HTTP response");
+    s.read_to_end(&mut resp)?;
+    let bad = || std::io::Error::other("not an HTTP response");
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
     let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     let mut body = resp[split + 4..].to_vec();
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
