@@ -219,7 +219,7 @@ async fn kill9_of_any_role_while_writing_loses_nothing() {
         let took = progress(&acks, 100, &format!("writes with {victim} killed")).await;
         eprintln!("killed {victim}: 100 more writes in {took:?}");
         assert!(took < Duration::from_secs(15), "writes took {took:?} to resume after killing {victim}");
-        if let Some(id) = victim.strip_prefix("storenode-") {
+        if let Some(id) = victim.strip_prefix("storenode-").and_then(|i| i.parse::<u64>().ok()) {
             // Placement notices the silence (--down-after-secs 3).
             let placement = cluster.placement.join(",");
             eventually(&format!("node {id} shown down"), Duration::from_secs(20), || {
@@ -227,7 +227,7 @@ async fn kill9_of_any_role_while_writing_loses_nothing() {
                 async move {
                     let (_, out, _) = run_cli(&["node", "list", "-o", "json"], &[("RINGKV_PLACEMENT", &placement)]);
                     let nodes: serde_json::Value = serde_json::from_str(&out).ok()?;
-                    nodes.as_array()?.iter().any(|n| n["id"].to_string() == id && n["state"] == "down").then_some(())
+                    nodes.as_array()?.iter().any(|n| n["id"] == id && n["state"] == "down").then_some(())
                 }
             })
             .await;
