@@ -8,15 +8,17 @@
 //! success back (the dedup table is replicated and persisted with the data).
 //! A mismatch would mean the retry was applied again.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{eventually, free_port};
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::{GetRequest, ReadConsistency, RequestContext};
 use ringkv_proto::raft::admin_client::AdminClient;
@@ -27,10 +29,6 @@ use tokio::sync::Mutex;
 const NODES: u64 = 3;
 const SHARDS: u64 = 16;
 const WRITERS: usize = 8;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
-}
 
 /// The storenode processes; killed (and their logs shown) when dropped, so a
 /// failing test leaves nothing running.
@@ -117,21 +115,6 @@ impl Drop for Cluster {
                 }
             }
         }
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -15,8 +15,7 @@ use ringkv_storenode::metrics::Metrics;
 use ringkv_storenode::raft::node::RaftNode;
 use ringkv_storenode::raft::raft_loop::Msg;
 use ringkv_storenode::raft::transport::AddressBook;
-use ringkv_storenode::server::{bind, incoming, spawn_http, StartError, SHUTDOWN_GRACE};
-use tokio::sync::watch;
+use ringkv_storenode::server::{bind, HttpRouter, Serving, StartError};
 
 use crate::service::{Liveness, PlacementService};
 use crate::state::{PlacementStateMachine, Shared};
@@ -44,8 +43,7 @@ pub struct PlacementHandle {
     pub http_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     raft: Option<RaftNode<PlacementStateMachine>>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serving: Option<Serving>,
 }
 
 /// The placement group as a shard descriptor: the whole ring, one voter per member.
@@ -104,42 +102,23 @@ impl PlacementServer {
             settings: cfg.settings.clone(),
             members: Arc::new(cfg.members.iter().cloned().collect::<HashMap<_, _>>()),
         };
-        let (stop, stop_rx) = watch::channel(false);
-        let mut rx = stop_rx.clone();
-        let grpc = tonic::transport::Server::builder()
+        let mut serving = Serving::default();
+        let routes = tonic::transport::Server::builder()
             .add_service(PlacementGrpc::new(svc.clone()))
-            .add_service(raft.raft_service().map_err(open_err)?)
-            .serve_with_incoming_shutdown(incoming(listener)?, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            });
-        let mut tasks = vec![
-            tokio::spawn(async move {
-                if let Err(e) = grpc.await {
-                    tracing::error!("gRPC server: {e}");
-                }
-            }),
-            tokio::spawn(crate::scheduler::run(svc, stop_rx.clone())),
-        ];
-        let mut http_addr = None;
-        if let Some(addr) = cfg.http_addr {
-            let (l, local) = bind(addr).await?;
-            http_addr = Some(local);
-            tasks.push(spawn_http(l, move || metrics.render(), axum_router(), stop_rx));
-        }
+            .add_service(raft.raft_service().map_err(open_err)?);
+        serving.grpc(listener, routes)?;
+        let stopped = serving.stopped();
+        serving.spawn(crate::scheduler::run(svc, stopped));
+        let http_addr = serving.http(cfg.http_addr, move || metrics.render(), HttpRouter::new()).await?;
         tracing::info!(member = id, %grpc_addr, ?http_addr, "placement started");
-        Ok(PlacementHandle { member_id: id, grpc_addr, http_addr, shared, raft: Some(raft), stop, tasks })
+        Ok(PlacementHandle { member_id: id, grpc_addr, http_addr, shared, raft: Some(raft), serving: Some(serving) })
     }
-}
-
-fn axum_router() -> ringkv_storenode::server::HttpRouter {
-    ringkv_storenode::server::HttpRouter::new()
 }
 
 impl PlacementHandle {
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
+        if let Some(serving) = self.serving.take() {
+            serving.stop().await;
         }
         if let Some(raft) = self.raft.take() {
             raft.stop().await;

@@ -8,8 +8,7 @@ use std::time::Duration;
 use ringkv_proto::api::kv_server::KvServer;
 use ringkv_storenode::config::Limits;
 use ringkv_storenode::placement_client::PlacementClient;
-use ringkv_storenode::server::{bind, incoming, spawn_http, StartError, SHUTDOWN_GRACE};
-use tokio::sync::watch;
+use ringkv_storenode::server::{bind, Serving, StartError};
 
 use crate::routing::Router;
 use crate::service::KvService;
@@ -34,8 +33,7 @@ pub struct RouterHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     pub map: Arc<ShardMapCache>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl RouterServer {
@@ -44,33 +42,17 @@ impl RouterServer {
             return Err(StartError::Other("a router needs at least one placement address".into()));
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
-        let (stop, stop_rx) = watch::channel(false);
+        let mut serving = Serving::default();
         let map = ShardMapCache::new(Arc::new(PlacementClient::new(cfg.placement.clone())));
         let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));
         let svc = KvService::new(router, cfg.limits.clone(), cfg.default_timeout);
-        let mut rx = stop_rx.clone();
-        let grpc = tonic::transport::Server::builder()
-            .add_service(KvServer::new(svc.clone()))
-            .serve_with_incoming_shutdown(incoming(listener)?, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            });
-        let mut tasks = vec![
-            tokio::spawn(map.clone().run(stop_rx.clone())),
-            tokio::spawn(async move {
-                if let Err(e) = grpc.await {
-                    tracing::error!("gRPC server: {e}");
-                }
-            }),
-        ];
-        let mut http_addr = None;
-        if let Some(addr) = cfg.http_addr {
-            let (l, local) = bind(addr).await?;
-            http_addr = Some(local);
-            let routes = crate::http::routes(svc, cfg.default_timeout);
-            tasks.push(spawn_http(l, render_metrics, routes, stop_rx));
-        }
+        let stopped = serving.stopped();
+        serving.spawn(map.clone().run(stopped));
+        serving.grpc(listener, tonic::transport::Server::builder().add_service(KvServer::new(svc.clone())))?;
+        let routes = crate::http::routes(svc, cfg.default_timeout);
+        let http_addr = serving.http(cfg.http_addr, render_metrics, routes).await?;
         tracing::info!(%grpc_addr, ?http_addr, "router started");
-        Ok(RouterHandle { grpc_addr, http_addr, map, stop, tasks })
+        Ok(RouterHandle { grpc_addr, http_addr, map, serving })
     }
 }
 
@@ -83,10 +65,7 @@ fn render_metrics() -> String {
 }
 
 impl RouterHandle {
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
-        }
+    pub async fn shutdown(self) {
+        self.serving.stop().await;
     }
 }

@@ -2,6 +2,7 @@
 //! thread, serves gRPC (ShardKv, Admin, RaftTransport) and HTTP
 //! (/metrics, /healthz, /readyz), and stops it all cleanly.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +49,7 @@ pub struct StorenodeHandle {
     pub address_book: Arc<AddressBook>,
     raft: Option<RaftNode<ShardStateMachine>>,
     loop_handle: LoopHandle<ShardStateMachine>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    serving: Option<Serving>,
 }
 
 /// How long stopping waits for a server task (gRPC graceful shutdown waits
@@ -72,25 +72,76 @@ pub fn incoming(l: TcpListener) -> Result<TcpIncoming, StartError> {
     TcpIncoming::from_listener(l, true, Some(Duration::from_secs(30))).map_err(|e| StartError::Other(e.to_string()))
 }
 
-/// Serves `/metrics`, `/healthz`, `/readyz` plus `extra` routes until `stop`.
-pub fn spawn_http(
-    l: TcpListener,
-    render_metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
-    extra: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let app = extra
-        .route("/metrics", get(move || std::future::ready(render_metrics())))
-        .route("/healthz", get(|| std::future::ready("ok")))
-        .route("/readyz", get(|| std::future::ready("ok")));
-    tokio::spawn(async move {
-        let serve = axum::serve(l, app).with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
+/// A process's servers and background tasks, stopped together: each server
+/// and task watches one stop signal, and [`Serving::stop`] waits for them.
+pub struct Serving {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Serving { stop: watch::channel(false).0, tasks: Vec::new() }
+    }
+}
+
+impl Serving {
+    /// Resolves once stopping has begun (for background loops).
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Serves gRPC `routes` on `listener` until stop.
+    pub fn grpc(&mut self, listener: TcpListener, routes: tonic::transport::server::Router) -> Result<(), StartError> {
+        let mut rx = self.stopped();
+        let serve = routes.serve_with_incoming_shutdown(incoming(listener)?, async move {
+            let _ = rx.wait_for(|s| *s).await;
         });
-        if let Err(e) = serve.await {
-            tracing::error!("HTTP server: {e}");
+        self.spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!("gRPC server: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` plus `extra` routes on `addr`
+    /// (if any) until stop; returns the bound address.
+    pub async fn http(
+        &mut self,
+        addr: Option<SocketAddr>,
+        render_metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+        extra: HttpRouter,
+    ) -> Result<Option<SocketAddr>, StartError> {
+        let Some(addr) = addr else { return Ok(None) };
+        let (l, local) = bind(addr).await?;
+        let app = extra
+            .route("/metrics", get(move || std::future::ready(render_metrics())))
+            .route("/healthz", get(|| std::future::ready("ok")))
+            .route("/readyz", get(|| std::future::ready("ok")));
+        let mut rx = self.stopped();
+        self.spawn(async move {
+            let serve = axum::serve(l, app).with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!("HTTP server: {e}");
+            }
+        });
+        Ok(Some(local))
+    }
+
+    /// Signals stop and waits (a bounded time) for every server and task.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
         }
-    })
+    }
 }
 
 impl Storenode {
@@ -117,30 +168,16 @@ impl Storenode {
         .map_err(open_err)?;
         let loop_handle = raft.loop_handle.clone();
 
-        let (stop, stop_rx) = watch::channel(false);
+        let mut serving = Serving::default();
         let kv = KvService::new(loop_handle.clone(), raft.engine.clone(), cfg.limits.clone(), metrics.clone());
         let admin = AdminService::new(node_id, loop_handle.clone(), book.clone(), cfg.limits.request_timeout());
-        let mut rx = stop_rx.clone();
-        let grpc = tonic::transport::Server::builder()
+        let routes = tonic::transport::Server::builder()
             .add_service(ShardKvServer::new(kv).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
             .add_service(AdminServer::new(admin))
-            .add_service(raft.raft_service().map_err(open_err)?)
-            .serve_with_incoming_shutdown(incoming(listener)?, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            });
-        let mut tasks = vec![tokio::spawn(async move {
-            if let Err(e) = grpc.await {
-                tracing::error!("gRPC server: {e}");
-            }
-        })];
-
-        let mut http_addr = None;
-        if let Some(addr) = cfg.http_addr {
-            let (l, local) = bind(addr).await?;
-            http_addr = Some(local);
-            let m = metrics.clone();
-            tasks.push(spawn_http(l, move || m.render(), axum::Router::new(), stop_rx.clone()));
-        }
+            .add_service(raft.raft_service().map_err(open_err)?);
+        serving.grpc(listener, routes)?;
+        let m = metrics.clone();
+        let http_addr = serving.http(cfg.http_addr, move || m.render(), HttpRouter::new()).await?;
         if !cfg.placement.is_empty() {
             let advertise = cfg.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
             let hb = Heartbeat {
@@ -157,7 +194,8 @@ impl Storenode {
                 address_book: book.clone(),
                 interval: Duration::from_millis(cfg.heartbeat_ms),
             };
-            tasks.push(tokio::spawn(hb.run(stop_rx.clone())));
+            let stopped = serving.stopped();
+            serving.spawn(hb.run(stopped));
         }
         tracing::info!(node_id, %grpc_addr, ?http_addr, "storenode started");
         Ok(StorenodeHandle {
@@ -168,8 +206,7 @@ impl Storenode {
             address_book: book,
             raft: Some(raft),
             loop_handle,
-            stop,
-            tasks,
+            serving: Some(serving),
         })
     }
 }
@@ -178,9 +215,8 @@ impl StorenodeHandle {
     /// Stops serving, then stops the Raft loop and waits for it. Requests in
     /// flight get their answer or "outcome unknown".
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, t).await;
+        if let Some(serving) = self.serving.take() {
+            serving.stop().await;
         }
         if let Some(raft) = self.raft.take() {
             raft.stop().await;

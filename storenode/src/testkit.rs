@@ -28,6 +28,23 @@ use crate::error::{from_status, Error};
 use crate::keys;
 use crate::server::{Storenode, StorenodeHandle};
 
+/// Polls `f` until it returns Some or `timeout` passes (then panics with
+/// `what`): tests wait for conditions, never for a fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn replica_id(shard_id: u64, node_id: u64) -> u64 {
     shard_id * 1000 + node_id
 }

@@ -10,7 +10,7 @@ use ringkv_proto::raft::admin_client::AdminClient;
 use ringkv_proto::raft::{
     ChangeKind, ChangeReplicasRequest, CreateReplicaRequest, ReplicaChange, ShardStatusRequest, TransferLeaderRequest,
 };
-use ringkv_storenode::testkit::{classify, connect, LocalCluster};
+use ringkv_storenode::testkit::{classify, connect, eventually, LocalCluster};
 use ringkv_storenode::Error;
 use tonic::Code;
 
@@ -19,22 +19,6 @@ fn init_tracing() {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
-}
-
-/// Polls `f` until it returns Some or the deadline passes.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A stale (local) read of `key` from one node, bypassing Raft.

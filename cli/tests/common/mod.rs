@@ -10,11 +10,12 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringkv_client::Client;
 use ringkv_proto::placement::ClusterStatusRequest;
 use ringkv_storenode::placement_client::PlacementClient;
+pub use ringkv_storenode::testkit::eventually;
 
 pub fn ringkv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ringkv"))
@@ -26,22 +27,6 @@ pub fn free_port() -> u16 {
 
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
-}
-
-/// Polls `f` until it returns Some or `timeout` passes (then panics with `what`).
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 struct Proc {
