@@ -76,6 +76,10 @@ async fn cluster_serves_10k_keys_through_grpc_and_http_and_routers_agree() {
         }
         let (status, _) = http("GET", h, "/v1/kv/no-such-key", b"");
         assert_eq!(status, 404);
+        assert_eq!(http("GET", h, "/readyz", b"").0, 200, "a router with a shard map is ready");
+        let (_, metrics) = http("GET", h, "/metrics", b"");
+        let metrics = String::from_utf8_lossy(&metrics);
+        assert!(metrics.contains("ringkv_router_requests_total{op=\"batch_get\",outcome=\"ok\"}"), "{metrics}");
     }
 
     // Two routers at once: writes through one are read through the other.

@@ -109,7 +109,7 @@ impl PlacementServer {
         serving.grpc(listener, routes)?;
         let stopped = serving.stopped();
         serving.spawn(crate::scheduler::run(svc, stopped));
-        let http_addr = serving.http(cfg.http_addr, move || metrics.render(), HttpRouter::new()).await?;
+        let http_addr = serving.http(cfg.http_addr, move || metrics.render(), || true, HttpRouter::new()).await?;
         tracing::info!(member = id, %grpc_addr, ?http_addr, "placement started");
         Ok(PlacementHandle { member_id: id, grpc_addr, http_addr, shared, raft: Some(raft), serving: Some(serving) })
     }

@@ -6,7 +6,7 @@
 //! - [`shard_map`]: the cached map and its refresher.
 //! - [`routing`]: one call to a shard leader, with retries.
 //! - [`service`]: the public `Kv` gRPC service.
-//! - [`http`]: the HTTP/JSON gateway.
+//! - [`http`]: the HTTP/JSON gateway; [`metrics`]: what it counts.
 //! - [`server`]: wires it into a process.
 
 // gRPC `Status` and axum `Response` are large and returned by value, as
@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod http;
+pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod service;

@@ -50,18 +50,16 @@ impl RouterServer {
         serving.spawn(map.clone().run(stopped));
         serving.grpc(listener, tonic::transport::Server::builder().add_service(KvServer::new(svc.clone())))?;
         let routes = crate::http::routes(svc, cfg.default_timeout);
-        let http_addr = serving.http(cfg.http_addr, render_metrics, routes).await?;
+        // Ready once it knows where shards are.
+        let m = map.clone();
+        let http_addr = serving.http(cfg.http_addr, render_metrics, move || m.is_loaded(), routes).await?;
         tracing::info!(%grpc_addr, ?http_addr, "router started");
         Ok(RouterHandle { grpc_addr, http_addr, map, serving })
     }
 }
 
-/// The router's own metrics (the default prometheus registry).
 fn render_metrics() -> String {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+    crate::metrics::render()
 }
 
 impl RouterHandle {

@@ -124,7 +124,49 @@ impl KvService {
         Ok(())
     }
 
+    // Public entry points (gRPC and HTTP both come here): each is counted.
+
     pub async fn get_at(&self, key: Vec<u8>, consistency: i32, deadline: Instant) -> Result<GetResponse, ApiError> {
+        timed("get", self.get_at_inner(key, consistency, deadline)).await
+    }
+
+    pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, opts: &CallOptions) -> Result<PutResponse, ApiError> {
+        timed("put", self.put_at_inner(key, value, opts)).await
+    }
+
+    pub async fn delete_at(&self, key: Vec<u8>, opts: &CallOptions) -> Result<DeleteResponse, ApiError> {
+        timed("delete", self.delete_at_inner(key, opts)).await
+    }
+
+    pub async fn cas_at(
+        &self,
+        req: CompareAndSwapRequest,
+        opts: &CallOptions,
+    ) -> Result<CompareAndSwapResponse, ApiError> {
+        timed("cas", self.cas_at_inner(req, opts)).await
+    }
+
+    pub async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
+        timed("batch_get", self.batch_get_at_inner(req, deadline)).await
+    }
+
+    pub async fn batch_put_at(&self, req: BatchPutRequest, opts: &CallOptions) -> Result<BatchPutResponse, ApiError> {
+        timed("batch_put", self.batch_put_at_inner(req, opts)).await
+    }
+
+    pub async fn atomic_batch_at(
+        &self,
+        req: AtomicBatchRequest,
+        opts: &CallOptions,
+    ) -> Result<AtomicBatchResponse, ApiError> {
+        timed("atomic_batch", self.atomic_batch_at_inner(req, opts)).await
+    }
+
+    pub async fn scan_at(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
+        timed("scan", self.scan_at_inner(req, deadline)).await
+    }
+
+    async fn get_at_inner(&self, key: Vec<u8>, consistency: i32, deadline: Instant) -> Result<GetResponse, ApiError> {
         self.check_key(&key)?;
         let r = self
             .router
@@ -137,7 +179,7 @@ impl KvService {
         Ok(GetResponse { found: r.found, value: r.value })
     }
 
-    pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, opts: &CallOptions) -> Result<PutResponse, ApiError> {
+    async fn put_at_inner(&self, key: Vec<u8>, value: Vec<u8>, opts: &CallOptions) -> Result<PutResponse, ApiError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
         self.router
@@ -150,7 +192,7 @@ impl KvService {
         Ok(PutResponse {})
     }
 
-    pub async fn delete_at(&self, key: Vec<u8>, opts: &CallOptions) -> Result<DeleteResponse, ApiError> {
+    async fn delete_at_inner(&self, key: Vec<u8>, opts: &CallOptions) -> Result<DeleteResponse, ApiError> {
         self.check_key(&key)?;
         let r = self
             .router
@@ -163,7 +205,7 @@ impl KvService {
         Ok(DeleteResponse { existed: r.existed })
     }
 
-    pub async fn cas_at(
+    async fn cas_at_inner(
         &self,
         req: CompareAndSwapRequest,
         opts: &CallOptions,
@@ -215,7 +257,7 @@ impl KvService {
         Ok(groups)
     }
 
-    pub async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
+    async fn batch_get_at_inner(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
         self.check_count(req.keys.len())?;
         let groups = self.by_shard(&req.keys)?;
         let consistency = req.consistency;
@@ -253,7 +295,7 @@ impl KvService {
         Ok(BatchGetResponse { results })
     }
 
-    async fn batch_put_at(&self, req: BatchPutRequest, opts: &CallOptions) -> Result<BatchPutResponse, ApiError> {
+    async fn batch_put_at_inner(&self, req: BatchPutRequest, opts: &CallOptions) -> Result<BatchPutResponse, ApiError> {
         self.check_count(req.pairs.len())?;
         for p in &req.pairs {
             self.check_value(&p.value)?;
@@ -286,7 +328,7 @@ impl KvService {
         Ok(BatchPutResponse { results })
     }
 
-    async fn atomic_batch_at(
+    async fn atomic_batch_at_inner(
         &self,
         req: AtomicBatchRequest,
         opts: &CallOptions,
@@ -333,7 +375,7 @@ impl KvService {
 
     /// One page of a scan. The continuation is `shard_id (8 BE) ++ last key`:
     /// the next page resumes after that key in that shard.
-    pub async fn scan_at(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
+    async fn scan_at_inner(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
         if req.prefix.len() > self.limits.max_key_bytes {
             return Err(invalid("prefix", "longer than the key limit"));
         }
@@ -413,6 +455,13 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+async fn timed<T>(op: &str, f: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    let start = Instant::now();
+    let r = f.await;
+    crate::metrics::observe(op, start, &r);
+    r
 }
 
 fn reply<T>(r: Result<T, ApiError>) -> Result<Response<T>, Status> {

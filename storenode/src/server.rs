@@ -109,20 +109,30 @@ impl Serving {
         Ok(())
     }
 
-    /// Serves `/metrics`, `/healthz`, `/readyz` plus `extra` routes on `addr`
-    /// (if any) until stop; returns the bound address.
+    /// Serves `/metrics`, `/healthz` (alive), `/readyz` (200 when `ready()`,
+    /// else 503) plus `extra` routes on `addr` (if any) until stop; returns
+    /// the bound address.
     pub async fn http(
         &mut self,
         addr: Option<SocketAddr>,
         render_metrics: impl Fn() -> String + Clone + Send + Sync + 'static,
+        ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
         extra: HttpRouter,
     ) -> Result<Option<SocketAddr>, StartError> {
         let Some(addr) = addr else { return Ok(None) };
         let (l, local) = bind(addr).await?;
+        let readyz = move || {
+            let r = ready();
+            std::future::ready(if r {
+                (axum::http::StatusCode::OK, "ready")
+            } else {
+                (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            })
+        };
         let app = extra
             .route("/metrics", get(move || std::future::ready(render_metrics())))
             .route("/healthz", get(|| std::future::ready("ok")))
-            .route("/readyz", get(|| std::future::ready("ok")));
+            .route("/readyz", get(readyz));
         let mut rx = self.stopped();
         self.spawn(async move {
             let serve = axum::serve(l, app).with_graceful_shutdown(async move {
@@ -177,7 +187,7 @@ impl Storenode {
             .add_service(raft.raft_service().map_err(open_err)?);
         serving.grpc(listener, routes)?;
         let m = metrics.clone();
-        let http_addr = serving.http(cfg.http_addr, move || m.render(), HttpRouter::new()).await?;
+        let http_addr = serving.http(cfg.http_addr, move || m.render(), || true, HttpRouter::new()).await?;
         if !cfg.placement.is_empty() {
             let advertise = cfg.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
             let hb = Heartbeat {
