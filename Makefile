@@ -10,7 +10,7 @@ CARGO ?= cargo
 DIR ?= ringkv-data/playground
 RINGKV := $(CARGO_TARGET_DIR)/release/ringkv
 
-.PHONY: setup build run test lint fmt bench clean-data
+.PHONY: setup build run test lint fmt bench chaos clean-data
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,12 @@ fmt:
 # Throughput and latency against a local 3-storenode cluster (release build).
 bench: build
 	$(RINGKV) bench
+
+# The long fault-injection run (root): make chaos DURATION=30m [SEED=n] [NEMESIS=kill,isolate]
+DURATION ?= 30m
+chaos: build
+	bash scripts/chaos.sh $(RINGKV) --duration-secs $$(( $(subst m, * 60,$(subst s,,$(DURATION))) )) \
+		--out ringkv-data/chaos-$$(date +%Y%m%d-%H%M%S) $(if $(SEED),--seed $(SEED)) $(if $(NEMESIS),--nemesis $(NEMESIS))
 
 clean-data:
 	rm -rf ringkv-data

@@ -8,9 +8,13 @@ set -euo pipefail
 
 need=()
 have_libclang() {
-    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 ||
-        ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 ||
-        ls /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1
+    # What clang-sys loads: libclang.so or libclang-N.so, not libclang-cpp
+    # (which a bare LLVM runtime brings without the C API bindgen needs).
+    local d
+    for d in /usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu; do
+        ls "$d"/libclang.so "$d"/libclang-[0-9]*.so "$d"/libclang.so.[0-9]* >/dev/null 2>&1 && return 0
+    done
+    return 1
 }
 have_libclang || need+=(libclang-dev clang)
 command -v g++ >/dev/null 2>&1 || need+=(g++)

@@ -174,7 +174,15 @@ impl Client {
             // Not answered by a router: try the next one.
             let unreachable = !typed && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
             if !unreachable {
-                return Err(Error::from_status(&status));
+                let e = Error::from_status(&status);
+                // An earlier attempt through another router may have been
+                // applied: a later "not applied" answer speaks only for itself.
+                return Err(match e {
+                    Error::Unavailable(m) | Error::Overloaded(m) if maybe_sent => {
+                        Error::Ambiguous(format!("an earlier attempt may have been applied; then: {m}"))
+                    }
+                    e => e,
+                });
             }
             maybe_sent |= write && sent;
             self.fail_over(router);

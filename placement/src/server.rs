@@ -72,6 +72,7 @@ impl PlacementServer {
             book.set(*m, addr.clone());
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
+        ringkv_storenode::net::set_source_from(grpc_addr);
         let shared = Shared::new();
         let sm_shared = shared.clone();
         let open_err = |source| StartError::Open { path: cfg.data_dir.clone(), source };

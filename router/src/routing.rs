@@ -15,7 +15,8 @@ use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::RequestContext;
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_storenode::error::from_status;
-use ringkv_storenode::testkit::{classify, connect};
+use ringkv_storenode::net::connect;
+use ringkv_storenode::testkit::classify;
 use ringkv_storenode::Error;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
@@ -134,6 +135,11 @@ impl Router {
                 | Error::Retryable(_)
                 | Error::Stopped
                 | Error::Busy(_) => {}
+                other if is_write && maybe_applied => {
+                    return Err(RouteError::Ambiguous(format!(
+                        "an earlier attempt may have been applied; then: {other}"
+                    )))
+                }
                 other => return Err(RouteError::Unavailable(other.to_string())),
             }
             // Jittered exponential backoff, never past the deadline.

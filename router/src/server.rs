@@ -42,6 +42,7 @@ impl RouterServer {
             return Err(StartError::Other("a router needs at least one placement address".into()));
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
+        ringkv_storenode::net::set_source_from(grpc_addr);
         let mut serving = Serving::default();
         let map = ShardMapCache::new(Arc::new(PlacementClient::new(cfg.placement.clone())));
         let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));

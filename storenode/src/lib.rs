@@ -18,6 +18,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
+pub mod net;
 pub mod placement_client;
 pub mod raft;
 pub mod server;

@@ -35,7 +35,7 @@ impl PlacementClient {
         if let Some(c) = self.channels.lock().get(addr) {
             return Ok(c.clone());
         }
-        let ch = crate::testkit::connect(addr)
+        let ch = crate::net::connect(addr)
             .await
             .map_err(|e| Status::unavailable(format!("placement {addr} unreachable: {e}")))?;
         self.channels.lock().insert(addr.to_string(), ch.clone());

@@ -165,6 +165,7 @@ impl Storenode {
             book.set(p.node_id, p.address.clone());
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
+        crate::net::set_source_from(grpc_addr);
         let open_err = |source| StartError::Open { path: cfg.data_dir.clone(), source };
         let raft = RaftNode::open(
             node_id,

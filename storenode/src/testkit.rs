@@ -73,13 +73,7 @@ pub fn even_shards(n: u64, nodes: &[u64]) -> Vec<ShardDescriptor> {
         .collect()
 }
 
-pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-}
+pub use crate::net::connect;
 
 /// Creates every shard's first replicas on the nodes they name (idempotent).
 pub async fn bootstrap_shards(addrs: &HashMap<u64, String>, shards: &[ShardDescriptor]) -> anyhow_lite::Result<()> {

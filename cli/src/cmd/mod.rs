@@ -1,6 +1,7 @@
 //! Subcommand dispatch.
 
 pub mod bench;
+pub mod chaos;
 pub mod data;
 pub mod ops;
 pub mod placement;
@@ -48,6 +49,8 @@ pub enum Command {
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
     Bench(bench::Args),
+    /// A fault-injection run with a linearizability check (root, in a network namespace).
+    Chaos(chaos::Args),
 }
 
 impl Command {
@@ -59,6 +62,7 @@ impl Command {
                 | Command::Router(_)
                 | Command::Playground(_)
                 | Command::Bench(_)
+                | Command::Chaos(_)
         )
     }
 }
@@ -78,6 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(c) => ops::cluster(c).await,
         Command::Playground(a) => playground::run(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Chaos(a) => chaos::run_cmd(a).await,
     }
 }
 

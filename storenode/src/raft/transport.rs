@@ -38,7 +38,6 @@ const PEER_QUEUE_BATCHES: usize = 1024;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Snapshots sent at once by this node.
 const MAX_SNAPSHOT_SENDS: usize = 4;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -54,15 +53,6 @@ impl AddressBook {
     pub fn set(&self, node_id: u64, address: String) {
         self.0.write().insert(node_id, address);
     }
-}
-
-fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(tonic::transport::Endpoint::from_shared(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5)))
 }
 
 pub struct GrpcTransport<S: StateMachine> {
@@ -180,8 +170,8 @@ impl<S: StateMachine> PeerTask<S> {
     }
 
     async fn stream(&self, addr: &str, rx: &mut mpsc::Receiver<RaftBatch>) -> StreamEnd {
-        let channel = match endpoint(addr) {
-            Ok(ep) => match ep.connect().await {
+        let channel = match crate::net::endpoint(addr) {
+            Ok(ep) => match crate::net::connect_endpoint(ep).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(from = self.from, to = self.node_id, "connect {addr}: {e}");
@@ -237,7 +227,7 @@ async fn send_snapshot_file(
     path: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = book.get(node_id).ok_or("unknown node address")?;
-    let mut client = RaftTransportClient::new(endpoint(&addr)?.connect().await?);
+    let mut client = RaftTransportClient::new(crate::net::connect(&addr).await?);
     let mut file = tokio::fs::File::open(path).await?;
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
     let reader = async move {

@@ -33,7 +33,15 @@ pub struct KvService {
     engine: Engine,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// A deliberate bug for proving the fault-injection checker: serve
+    /// "linearizable" reads from local data without a ReadIndex round, so a
+    /// deposed leader answers stale reads. Only set by the environment
+    /// variable [`UNSAFE_LOCAL_READS_ENV`]; never in production.
+    unsafe_local_reads: bool,
 }
+
+/// Set to 1 to turn on the deliberate stale-read bug (see `KvService`).
+pub const UNSAFE_LOCAL_READS_ENV: &str = "RINGKV_UNSAFE_LOCAL_READS";
 
 impl KvService {
     pub fn new(
@@ -42,7 +50,11 @@ impl KvService {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
-        KvService { loop_handle, engine, limits, metrics }
+        let unsafe_local_reads = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
+        if unsafe_local_reads {
+            tracing::error!("{UNSAFE_LOCAL_READS_ENV}=1: linearizable reads are served locally (deliberately unsafe)");
+        }
+        KvService { loop_handle, engine, limits, metrics, unsafe_local_reads }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -103,8 +115,11 @@ impl KvService {
 
     /// Waits until reading `shard_id` at `consistency` is safe; returns the shard.
     async fn read_barrier(&self, ctx: &RequestContext, consistency: i32) -> Result<ShardDescriptor> {
-        let consistency =
+        let mut consistency =
             ReadConsistency::try_from(consistency).map_err(|_| Error::invalid("consistency", "unknown value"))?;
+        if self.unsafe_local_reads && consistency == ReadConsistency::Linearizable {
+            consistency = ReadConsistency::Stale;
+        }
         let (shard_id, version) = (ctx.shard_id, ctx.epoch.as_ref().map(|e| e.version));
         let call = self.loop_handle.call(|cb| Msg::Read { shard_id, epoch_version: version, consistency, cb });
         match tokio::time::timeout(self.limits.request_timeout(), call).await {

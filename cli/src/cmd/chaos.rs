@@ -1,0 +1,71 @@
+//! `ringkv chaos`: one fault-injection run (see the `ringkv-chaos` crate).
+//! Must run as root inside a network namespace made for it, e.g.
+//! `ip netns add rk && ip netns exec rk ip link set lo up && ip netns exec rk ringkv chaos`
+//! (`scripts/chaos.sh` does exactly that). Exits 3 when an anomaly or a lost
+//! acknowledged write was found.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use ringkv_chaos::nemesis::{Kind, ALL};
+use ringkv_chaos::run::{run, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// How long the clients and faults run, in seconds.
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    /// Seed of the fault schedule and the clients (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent client workers.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// Fault kinds, comma-separated: kill, pause, isolate, halves, bridge,
+    /// one-way, kill-shard-leader (default: all, mixed).
+    #[arg(long, value_delimiter = ',')]
+    nemesis: Vec<String>,
+    #[arg(long, default_value_t = 8)]
+    shards: u64,
+    /// Where the cluster's data, logs, history and summary go.
+    #[arg(long, default_value = "ringkv-data/chaos")]
+    out: PathBuf,
+    /// Turn on the storenode's deliberate stale-read bug (to see the checker catch it).
+    #[arg(long)]
+    unsafe_local_reads: bool,
+}
+
+pub async fn run_cmd(a: Args) -> anyhow::Result<()> {
+    let kinds = if a.nemesis.is_empty() {
+        ALL.to_vec()
+    } else {
+        a.nemesis
+            .iter()
+            .map(|n| Kind::parse(n).ok_or_else(|| anyhow::anyhow!("--nemesis {n:?}: unknown fault kind")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if a.duration_secs < 10 || a.workers == 0 || a.shards == 0 {
+        bail!("--duration-secs must be at least 10, --workers and --shards at least 1");
+    }
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let opts = Options {
+        ringkv: std::env::current_exe()?,
+        out: a.out,
+        duration: Duration::from_secs(a.duration_secs),
+        seed,
+        workers: a.workers,
+        kinds,
+        shards: a.shards,
+        unsafe_local_reads: a.unsafe_local_reads,
+    };
+    let s = run(opts).await?;
+    if s.anomalies > 0 || s.acknowledged_writes_lost > 0 {
+        eprintln!(
+            "error: {} anomalies, {} acknowledged writes lost (seed {seed})",
+            s.anomalies, s.acknowledged_writes_lost
+        );
+        std::process::exit(3);
+    }
+    Ok(())
+}

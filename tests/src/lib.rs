@@ -1,0 +1,22 @@
+//! ringkv's fault-injection suite, in the manner of Jepsen and etcd's
+//! robustness tests: a real cluster (3 placement, 5 storenodes, 2 routers)
+//! from the `ringkv` binary, each process on its own loopback address inside
+//! a network namespace the caller made, clients recording every operation as
+//! invoke/complete with monotonic timestamps, nemeses that kill, pause and
+//! partition, and checkers that judge the histories.
+//!
+//! - [`cluster`]: the processes and the faults applied to them (signals,
+//!   iptables).
+//! - [`nemesis`]: the seeded fault schedule.
+//! - [`workload`]: register (read/write/CAS) and set/append clients.
+//! - [`checker`]: linearizability (Wing–Gong/Lowe, per key) and set checks.
+//! - [`run`]: one run end to end, and its summary.
+//!
+//! Entry point: `ringkv chaos` (run inside a network namespace as root);
+//! `make test` runs a short one, `make chaos DURATION=30m` a long one.
+
+pub mod checker;
+pub mod cluster;
+pub mod nemesis;
+pub mod run;
+pub mod workload;

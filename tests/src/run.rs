@@ -1,0 +1,397 @@
+//! One chaos run end to end: start the cluster, run the clients and the
+//! fault schedule for the duration, heal everything, read the sets back,
+//! check the histories, write the files and print the summary table.
+//!
+//! Files in `out`: `history.jsonl` (every operation), `nemesis.jsonl` (every
+//! fault as applied), `summary.json`, and on an anomaly `violations.json`
+//! (the smallest failing sub-histories found) — replay with the same seed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ringkv_client::Client;
+use ringkv_proto::placement::GetShardMapRequest;
+use ringkv_storenode::placement_client::PlacementClient;
+use serde::Serialize;
+
+use crate::checker::{check_registers, check_sets, Outcome, RegReport, SetReport};
+use crate::cluster::{self, placement_addr, router_addr, Cluster, PLACEMENT, ROUTERS};
+use crate::nemesis::{self, Fault, Kind};
+use crate::workload::{self, Recorder, SET_KEYS};
+
+pub struct Options {
+    pub ringkv: PathBuf,
+    pub out: PathBuf,
+    pub duration: Duration,
+    pub seed: u64,
+    pub workers: usize,
+    pub kinds: Vec<Kind>,
+    pub shards: u64,
+    /// Turn on the storenode's deliberate stale-read bug.
+    pub unsafe_local_reads: bool,
+}
+
+#[derive(Serialize)]
+struct AppliedFault {
+    planned: Fault,
+    started_ms: u64,
+    healed_ms: u64,
+    targets: Vec<String>,
+}
+
+#[derive(Serialize, Default)]
+pub struct Summary {
+    pub seed: u64,
+    pub duration_s: f64,
+    pub ops_by_outcome: BTreeMap<String, usize>,
+    pub faults_by_kind: BTreeMap<String, usize>,
+    /// Fraction of whole seconds with at least one acknowledged write.
+    pub availability: f64,
+    /// By fault kind: the longest stretch without any acknowledged write that
+    /// overlaps a fault of that kind or the [`RECOVERY_WINDOW`] after it (ms).
+    pub longest_unavailable_ms: BTreeMap<String, u64>,
+    pub register_ops_checked: usize,
+    pub anomalies: usize,
+    pub undecided_keys: usize,
+    pub set: SetReportCounts,
+    pub acknowledged_writes_lost: usize,
+}
+
+#[derive(Serialize, Default)]
+pub struct SetReportCounts {
+    pub acknowledged: usize,
+    pub lost: usize,
+    pub duplicated: usize,
+    pub phantom: usize,
+    pub unknown_present: usize,
+}
+
+fn ms_since(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// Until a write and a read go through every router, or `timeout`.
+async fn wait_serving(timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for i in 0..ROUTERS {
+        let c = Client::connect([router_addr(i)]).await?.with_timeout(Duration::from_secs(2));
+        loop {
+            let ok = c.put(b"chaos:probe", b"ok").await.is_ok() && c.get(b"chaos:probe").await.is_ok();
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not serve through router {} within {timeout:?}", i + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The final read of every set, through either router, retried until `timeout`.
+async fn read_sets_back(timeout: Duration) -> anyhow::Result<BTreeMap<String, Vec<u64>>> {
+    let deadline = Instant::now() + timeout;
+    let reader = Client::connect((0..ROUTERS).map(router_addr)).await?.with_timeout(Duration::from_secs(5));
+    let mut out = BTreeMap::new();
+    for i in 0..SET_KEYS {
+        let k = workload::set_key(i);
+        let v = loop {
+            match reader.get(k.as_bytes()).await {
+                Ok(v) => break v,
+                Err(e) if Instant::now() > deadline => bail!("final read of {k}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        out.insert(k, v.as_deref().map(workload::decode_set).unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// The process index of the storenode leading the `n`th shard, if known.
+async fn shard_leader(n: usize) -> Option<usize> {
+    let pc = PlacementClient::new((0..PLACEMENT).map(placement_addr).collect());
+    let map = pc
+        .call(Duration::from_secs(2), |mut c| async move { c.get_shard_map(GetShardMapRequest {}).await })
+        .await
+        .ok()?;
+    let mut shards = map.shards;
+    shards.sort_by_key(|s| s.shard.as_ref().map_or(0, |d| d.id));
+    let s = shards.get(n % shards.len().max(1))?;
+    (s.leader_node_id != 0).then(|| PLACEMENT + s.leader_node_id as usize - 1)
+}
+
+/// Applies one fault for its duration, then undoes it.
+async fn apply(cluster: &Mutex<Cluster>, f: &Fault) -> anyhow::Result<Vec<usize>> {
+    let dur = Duration::from_millis(f.duration_ms);
+    let everyone = nemesis::all_procs();
+    let others = |t: &[usize]| everyone.iter().copied().filter(|i| !t.contains(i)).collect::<Vec<_>>();
+    let c = || cluster.lock().expect("not poisoned");
+    let mut targets = f.targets.clone();
+    match f.kind {
+        Kind::Kill | Kind::KillShardLeader => {
+            if f.kind == Kind::KillShardLeader {
+                targets = shard_leader(f.other.first().copied().unwrap_or(0)).await.into_iter().collect();
+            }
+            for &t in &targets {
+                c().kill9(t);
+            }
+            tokio::time::sleep(dur).await;
+            for &t in &targets {
+                c().start(t)?;
+            }
+        }
+        Kind::Pause => {
+            for &t in &targets {
+                c().pause(t);
+            }
+            tokio::time::sleep(dur).await;
+            for &t in &targets {
+                c().resume(t);
+            }
+        }
+        Kind::Isolate => {
+            let o = others(&targets);
+            c().cut(&targets, &o)?;
+            c().cut(&o, &targets)?;
+            tokio::time::sleep(dur).await;
+            c().heal()?;
+        }
+        Kind::OneWay => {
+            c().cut(&targets, &others(&targets))?;
+            tokio::time::sleep(dur).await;
+            c().heal()?;
+        }
+        Kind::Halves | Kind::Bridge => {
+            let (a, mut b) = (f.targets.clone(), f.other.clone());
+            if f.kind == Kind::Bridge {
+                // The bridge (first of the majority) keeps links to both sides.
+                b.remove(0);
+            }
+            c().cut(&a, &b)?;
+            c().cut(&b, &a)?;
+            tokio::time::sleep(dur).await;
+            c().heal()?;
+            targets = f.targets.iter().chain(&f.other).copied().collect();
+        }
+    }
+    Ok(targets)
+}
+
+pub async fn run(o: Options) -> anyhow::Result<Summary> {
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    cluster::prepare_namespace()?;
+    let env = if o.unsafe_local_reads {
+        vec![(ringkv_storenode::service::kv::UNSAFE_LOCAL_READS_ENV.to_string(), "1".to_string())]
+    } else {
+        Vec::new()
+    };
+    let cluster = Arc::new(Mutex::new(Cluster::new(&o.ringkv, &o.out, o.shards, env)));
+    cluster.lock().expect("not poisoned").start_all()?;
+    wait_serving(Duration::from_secs(60)).await?;
+    let schedule = nemesis::schedule(o.seed, o.duration.as_millis() as u64, &o.kinds);
+    println!(
+        "chaos: seed {} ({} faults planned over {:?}); files in {}",
+        o.seed,
+        schedule.len(),
+        o.duration,
+        o.out.display()
+    );
+
+    let start = Instant::now();
+    let rec = Recorder::new(start);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..o.workers {
+        // Half the workers prefer each router; all fail over to the other.
+        let routers = if w % 2 == 0 { [router_addr(0), router_addr(1)] } else { [router_addr(1), router_addr(0)] };
+        let client = Client::connect(routers).await?.with_timeout(Duration::from_secs(2));
+        let (rec, stop) = (rec.clone(), stop.clone());
+        // One worker in four appends to sets; the rest work on registers.
+        if w % 4 == 3 {
+            workers.push(tokio::spawn(workload::set_worker(w as u32, client, rec, stop, o.seed)));
+        } else {
+            workers.push(tokio::spawn(workload::register_worker(w as u32, client, rec, stop, o.seed)));
+        }
+    }
+
+    let mut applied = Vec::new();
+    let mut log = std::fs::File::create(o.out.join("nemesis.jsonl"))?;
+    for f in &schedule {
+        let wait = Duration::from_millis(f.at_ms).saturating_sub(start.elapsed());
+        tokio::time::sleep(wait).await;
+        let started_ms = ms_since(start);
+        let targets = apply(&cluster, f).await?;
+        let names = {
+            let c = cluster.lock().expect("not poisoned");
+            targets.iter().map(|&t| c.procs[t].name.clone()).collect()
+        };
+        let a = AppliedFault { planned: f.clone(), started_ms, healed_ms: ms_since(start), targets: names };
+        writeln!(log, "{}", serde_json::to_string(&a)?)?;
+        println!("  {:>6.1}s  {:?} {:?} for {}ms", started_ms as f64 / 1000.0, f.kind, a.targets, f.duration_ms);
+        applied.push(a);
+    }
+    tokio::time::sleep(o.duration.saturating_sub(start.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.context("a client worker panicked")?;
+    }
+    let run_ms = ms_since(start);
+
+    // Heal everything and restart whatever is down, then read the sets back.
+    {
+        let mut c = cluster.lock().expect("not poisoned");
+        c.heal()?;
+        for i in 0..c.procs.len() {
+            c.resume(i);
+            c.start(i)?;
+        }
+    }
+    wait_serving(Duration::from_secs(60)).await?;
+    let final_reads = read_sets_back(Duration::from_secs(60)).await?;
+    cluster.lock().expect("not poisoned").stop_all();
+
+    let registers = std::mem::take(&mut *rec.registers.lock().expect("not poisoned"));
+    let sets = std::mem::take(&mut *rec.sets.lock().expect("not poisoned"));
+    let mut hist = std::io::BufWriter::new(std::fs::File::create(o.out.join("history.jsonl"))?);
+    for e in &registers {
+        writeln!(hist, "{}", serde_json::json!({ "register": e }))?;
+    }
+    for e in &sets {
+        writeln!(hist, "{}", serde_json::json!({ "set": e }))?;
+    }
+    writeln!(hist, "{}", serde_json::json!({ "final_reads": final_reads }))?;
+    hist.flush()?;
+
+    let reg = check_registers(&registers, Duration::from_secs(60));
+    let set = check_sets(&sets, &final_reads);
+    if !reg.violations.is_empty() || !set.lost.is_empty() || !set.phantom.is_empty() || !set.duplicated.is_empty() {
+        let v = serde_json::json!({
+            "seed": o.seed,
+            "register_violations": reg.violations,
+            "set_lost": set.lost, "set_duplicated": set.duplicated, "set_phantom": set.phantom,
+            "nemesis": applied,
+        });
+        std::fs::write(o.out.join("violations.json"), serde_json::to_string_pretty(&v)?)?;
+    }
+    let ok_writes = std::mem::take(&mut *rec.ok_writes.lock().expect("not poisoned"));
+    let summary = summarize(&o, run_ms, &registers, &sets, &reg, &set, &applied, ok_writes);
+    std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    print_summary(&summary);
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    o: &Options,
+    run_ms: u64,
+    registers: &[crate::checker::RegEvent],
+    sets: &[crate::checker::SetAdd],
+    reg: &RegReport,
+    set: &SetReport,
+    applied: &[AppliedFault],
+    mut ok_writes: Vec<u64>,
+) -> Summary {
+    ok_writes.sort_unstable();
+    let mut s = Summary { seed: o.seed, duration_s: run_ms as f64 / 1000.0, ..Default::default() };
+    let outcome = |o: &Outcome| match o {
+        Outcome::Ok(_) => "ok",
+        Outcome::Fail => "fail",
+        Outcome::Info => "info",
+    };
+    for e in registers {
+        *s.ops_by_outcome.entry(format!("register {}", outcome(&e.outcome))).or_default() += 1;
+    }
+    for e in sets {
+        *s.ops_by_outcome.entry(format!("set-add {}", outcome(&e.outcome))).or_default() += 1;
+    }
+    let secs = (run_ms / 1000).max(1);
+    let mut covered = vec![false; secs as usize];
+    for &t in &ok_writes {
+        if let Some(c) = covered.get_mut((t / 1000) as usize) {
+            *c = true;
+        }
+    }
+    s.availability = covered.iter().filter(|c| **c).count() as f64 / secs as f64;
+    for a in applied {
+        let kind = format!("{:?}", a.planned.kind);
+        *s.faults_by_kind.entry(kind.clone()).or_default() += 1;
+        let gap = longest_gap(&ok_writes, a.started_ms, a.healed_ms + RECOVERY_WINDOW.as_millis() as u64, run_ms);
+        let e = s.longest_unavailable_ms.entry(kind).or_default();
+        *e = (*e).max(gap);
+    }
+    s.register_ops_checked = reg.ops_checked;
+    s.anomalies = reg.violations.len() + set.duplicated.len() + set.phantom.len();
+    s.undecided_keys = reg.undecided.len();
+    s.set = SetReportCounts {
+        acknowledged: set.acknowledged,
+        lost: set.lost.len(),
+        duplicated: set.duplicated.len(),
+        phantom: set.phantom.len(),
+        unknown_present: set.unknown_present,
+    };
+    s.acknowledged_writes_lost = set.lost.len();
+    s
+}
+
+/// How long after a fault heals an outage still counts against that fault.
+pub const RECOVERY_WINDOW: Duration = Duration::from_secs(5);
+
+/// The longest stretch between acknowledged writes (sorted, ms) that
+/// overlaps `[from, to]`, clipped to the run `[0, end]`.
+fn longest_gap(ok_writes: &[u64], from: u64, to: u64, end: u64) -> u64 {
+    let i = ok_writes.partition_point(|&t| t <= from);
+    // The write before the window (or the run's start) opens the first gap.
+    let mut prev = if i == 0 { 0 } else { ok_writes[i - 1] };
+    let mut longest = 0;
+    for &t in &ok_writes[i..] {
+        longest = longest.max(t - prev);
+        prev = t;
+        if t > to {
+            return longest;
+        }
+    }
+    longest.max(end.saturating_sub(prev))
+}
+
+pub fn print_summary(s: &Summary) {
+    println!();
+    println!("chaos summary (seed {}, {:.0}s)", s.seed, s.duration_s);
+    println!("  {:<34} {:>10}", "operations", "count");
+    for (k, v) in &s.ops_by_outcome {
+        println!("  {k:<34} {v:>10}");
+    }
+    println!("  {:<34} {:>10} {:>22}", "faults", "injected", "longest unavailable");
+    for (k, v) in &s.faults_by_kind {
+        println!("  {k:<34} {v:>10} {:>20}ms", s.longest_unavailable_ms.get(k).copied().unwrap_or(0));
+    }
+    println!("  {:<34} {:>9.1}%", "availability (seconds with a write)", s.availability * 100.0);
+    println!("  {:<34} {:>10}", "register operations checked", s.register_ops_checked);
+    println!("  {:<34} {:>10}", "register keys undecided", s.undecided_keys);
+    println!("  {:<34} {:>10}", "set elements acknowledged", s.set.acknowledged);
+    println!("  {:<34} {:>10}", "anomalies (must be 0)", s.anomalies);
+    println!("  {:<34} {:>10}", "acknowledged writes lost (must be 0)", s.acknowledged_writes_lost);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_gap;
+
+    #[test]
+    fn unavailability_is_the_longest_gap_overlapping_the_fault() {
+        let writes = [100, 200, 300, 2_300, 2_400, 9_000];
+        // Fault 250..1000: the gap 300..2300 overlaps it.
+        assert_eq!(longest_gap(&writes, 250, 1_000, 10_000), 2_000);
+        // A fault after the last write: the gap runs to the end of the run.
+        assert_eq!(longest_gap(&writes, 9_500, 9_600, 10_000), 1_000);
+        // A fault in a busy stretch.
+        assert_eq!(longest_gap(&writes, 2_300, 2_350, 10_000), 100);
+        // No writes at all: the whole run.
+        assert_eq!(longest_gap(&[], 10, 20, 500), 500);
+    }
+}
