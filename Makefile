@@ -37,11 +37,12 @@ fmt:
 bench: build
 	$(RINGKV) bench
 
-# The long fault-injection run (root): make chaos DURATION=30m [SEED=n] [NEMESIS=kill,isolate]
+# The long fault-injection run (root), in a network namespace of its own:
+#   make chaos DURATION=30m [SEED=n] [NEMESIS=kill,isolate,...]   (see docs/fault-injection.md)
 DURATION ?= 30m
 chaos: build
-	bash scripts/chaos.sh $(RINGKV) --duration-secs $$(( $(subst m, * 60,$(subst s,,$(DURATION))) )) \
-		--out ringkv-data/chaos-$$(date +%Y%m%d-%H%M%S) $(if $(SEED),--seed $(SEED)) $(if $(NEMESIS),--nemesis $(NEMESIS))
+	bash scripts/chaos.sh $(RINGKV) --duration $(DURATION) --out ringkv-data/chaos-$$(date +%Y%m%d-%H%M%S) \
+		$(if $(SEED),--seed $(SEED)) $(if $(NEMESIS),--nemesis $(NEMESIS))
 
 clean-data:
 	rm -rf ringkv-data

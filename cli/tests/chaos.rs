@@ -40,7 +40,7 @@ fn short_chaos_run_finds_no_anomaly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().to_str().expect("utf-8 path");
     let seed = std::env::var("RINGKV_CHAOS_SEED").unwrap_or_else(|_| "20261124".into());
-    let Some((code, text)) = chaos(&["--duration-secs", "75", "--seed", &seed, "--out", out]) else { return };
+    let Some((code, text)) = chaos(&["--duration", "75s", "--seed", &seed, "--out", out]) else { return };
     println!("{text}");
     assert_eq!(code, 0, "chaos run failed (seed {seed}):\n{text}");
     let summary: serde_json::Value =
@@ -57,7 +57,7 @@ fn checker_catches_stale_reads_when_reads_skip_read_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().to_str().expect("utf-8 path");
     let args =
-        ["--duration-secs", "60", "--seed", "7", "--nemesis", "isolate,halves", "--unsafe-local-reads", "--out", out];
+        ["--duration", "60s", "--seed", "7", "--nemesis", "isolate,halves", "--unsafe-local-reads", "--out", out];
     let Some((code, text)) = chaos(&args) else { return };
     println!("{text}");
     assert_eq!(code, 3, "the deliberate bug must be caught:\n{text}");

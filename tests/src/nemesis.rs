@@ -2,6 +2,13 @@
 //! replays the same faults (kinds, targets, timings). Targets that depend on
 //! the cluster's state at the time (the leader of a shard) are resolved when
 //! the fault fires and logged.
+//!
+//! A run of [`ALONE_PHASE_MIN`] or longer with several kinds first uses each
+//! kind alone, in one block apiece over a third of the run, then mixes them
+//! at random. In the mixed part a network fault may get a companion process
+//! fault (a kill or pause inside the partition), as Jepsen's composed
+//! nemeses do. Invariant: at most one network fault and one process fault at
+//! a time (healing a partition flushes every rule).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -70,37 +77,80 @@ pub fn all_procs() -> Vec<usize> {
     (0..PLACEMENT + STORENODES + ROUTERS).collect()
 }
 
-/// Faults for a run of `duration_ms`, from `seed`, drawn from `kinds`.
+impl Kind {
+    /// Partitions (iptables) as opposed to faults of one process.
+    pub fn is_network(self) -> bool {
+        matches!(self, Kind::Isolate | Kind::Halves | Kind::Bridge | Kind::OneWay)
+    }
+}
+
+/// Runs at least this long use each kind alone first.
+pub const ALONE_PHASE_MIN: u64 = 10 * 60 * 1000;
+
+/// Faults for a run of `duration_ms`, from `seed`, drawn from `kinds`,
+/// sorted by start time.
 pub fn schedule(seed: u64, duration_ms: u64, kinds: &[Kind]) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
+    if kinds.is_empty() {
+        return out;
+    }
     // Let the cluster serve a little before the first fault; end with a quiet tail.
     let mut t = 3_000u64;
-    while t + 8_000 < duration_ms && !kinds.is_empty() {
-        let kind = kinds[rng.gen_range(0..kinds.len())];
-        let duration_ms = rng.gen_range(1_500..6_000);
-        let (targets, other) = match kind {
-            Kind::Kill | Kind::Pause | Kind::Isolate | Kind::OneWay => {
-                let all = all_procs();
-                (vec![all[rng.gen_range(0..all.len())]], Vec::new())
+    let end = duration_ms.saturating_sub(8_000);
+    if duration_ms >= ALONE_PHASE_MIN && kinds.len() > 1 {
+        let block = duration_ms / 3 / kinds.len() as u64;
+        for (i, &kind) in kinds.iter().enumerate() {
+            let block_end = 3_000 + block * (i as u64 + 1);
+            while t + 6_000 < block_end {
+                let f = fault(&mut rng, kind, t);
+                t += f.duration_ms + rng.gen_range(1_000..4_000);
+                out.push(f);
             }
-            Kind::Halves | Kind::Bridge => {
-                // Shuffle placement and storenodes separately so each side has
-                // a clear majority of both groups.
-                let mut p = placement_procs();
-                let mut s = storenode_procs();
-                shuffle(&mut rng, &mut p);
-                shuffle(&mut rng, &mut s);
-                let minority: Vec<usize> = p[..1].iter().chain(&s[..2]).copied().collect();
-                let majority: Vec<usize> = p[1..].iter().chain(&s[2..]).copied().collect();
-                (minority, majority)
-            }
-            Kind::KillShardLeader => (Vec::new(), vec![rng.gen_range(0..64)]),
-        };
-        out.push(Fault { at_ms: t, kind, duration_ms, targets, other });
-        t += duration_ms + rng.gen_range(1_000..4_000);
+        }
     }
+    let process_kinds: Vec<Kind> = kinds.iter().copied().filter(|k| matches!(k, Kind::Kill | Kind::Pause)).collect();
+    while t < end {
+        let kind = kinds[rng.gen_range(0..kinds.len())];
+        let main = fault(&mut rng, kind, t);
+        t += main.duration_ms + rng.gen_range(1_000..4_000);
+        // One network fault in three gets a process fault inside it.
+        let companion = (main.kind.is_network() && !process_kinds.is_empty() && rng.gen_ratio(1, 3)).then(|| {
+            let offset = rng.gen_range(0..main.duration_ms / 2);
+            let kind = process_kinds[rng.gen_range(0..process_kinds.len())];
+            let mut c = fault(&mut rng, kind, main.at_ms + offset);
+            c.duration_ms = rng.gen_range(500..=main.duration_ms - offset);
+            c
+        });
+        out.push(main);
+        out.extend(companion);
+    }
+    out.sort_by_key(|f| f.at_ms);
     out
+}
+
+/// One fault of `kind` starting at `at_ms`, its targets drawn from `rng`.
+fn fault(rng: &mut StdRng, kind: Kind, at_ms: u64) -> Fault {
+    let duration_ms = rng.gen_range(1_500..6_000);
+    let (targets, other) = match kind {
+        Kind::Kill | Kind::Pause | Kind::Isolate | Kind::OneWay => {
+            let all = all_procs();
+            (vec![all[rng.gen_range(0..all.len())]], Vec::new())
+        }
+        Kind::Halves | Kind::Bridge => {
+            // Shuffle placement and storenodes separately so each side has
+            // a clear majority of both groups.
+            let mut p = placement_procs();
+            let mut s = storenode_procs();
+            shuffle(rng, &mut p);
+            shuffle(rng, &mut s);
+            let minority: Vec<usize> = p[..1].iter().chain(&s[..2]).copied().collect();
+            let majority: Vec<usize> = p[1..].iter().chain(&s[2..]).copied().collect();
+            (minority, majority)
+        }
+        Kind::KillShardLeader => (Vec::new(), vec![rng.gen_range(0..64)]),
+    };
+    Fault { at_ms, kind, duration_ms, targets, other }
 }
 
 fn shuffle(rng: &mut StdRng, v: &mut [usize]) {
@@ -122,18 +172,52 @@ mod tests {
         assert_ne!(a, c);
     }
 
-    #[test]
-    fn faults_do_not_overlap_and_leave_a_quiet_tail() {
-        let s = schedule(1, 300_000, &ALL);
-        assert!(s.len() > 10);
-        for w in s.windows(2) {
-            assert!(w[0].at_ms + w[0].duration_ms < w[1].at_ms);
+    /// Faults of one class (network, process) never overlap, and the run ends quietly.
+    fn check_invariants(s: &[Fault], duration_ms: u64) {
+        for network in [true, false] {
+            let class: Vec<&Fault> = s.iter().filter(|f| f.kind.is_network() == network).collect();
+            for w in class.windows(2) {
+                assert!(w[0].at_ms + w[0].duration_ms <= w[1].at_ms, "{:?} overlaps {:?}", w[0], w[1]);
+            }
         }
-        let last = s.last().unwrap();
-        assert!(last.at_ms + last.duration_ms + 2_000 <= 300_000);
+        let last_end = s.iter().map(|f| f.at_ms + f.duration_ms).max().unwrap();
+        assert!(last_end + 2_000 <= duration_ms);
         for f in s.iter().filter(|f| f.kind == Kind::Halves) {
             assert_eq!(f.targets.len(), 3, "minority: 1 placement + 2 storenodes");
             assert_eq!(f.other.len(), 5, "majority: 2 placement + 3 storenodes");
         }
+    }
+
+    #[test]
+    fn faults_do_not_overlap_and_leave_a_quiet_tail() {
+        let s = schedule(1, 300_000, &ALL);
+        assert!(s.len() > 10);
+        check_invariants(&s, 300_000);
+        assert!(s.iter().any(|f| !f.kind.is_network()) && s.iter().any(|f| f.kind.is_network()));
+    }
+
+    #[test]
+    fn long_runs_use_each_kind_alone_then_mix_them() {
+        let duration = 30 * 60 * 1000;
+        let s = schedule(3, duration, &ALL);
+        check_invariants(&s, duration);
+        let third = duration / 3;
+        let alone: Vec<Kind> = s.iter().filter(|f| f.at_ms < third).map(|f| f.kind).collect();
+        // Blocks in the order given, each kind alone.
+        let mut blocks = alone.clone();
+        blocks.dedup();
+        assert_eq!(blocks, ALL.to_vec());
+        // The mixed part has network faults with a process fault inside.
+        let mixed: Vec<&Fault> = s.iter().filter(|f| f.at_ms >= third + 10_000).collect();
+        let inside = mixed.windows(2).any(|w| {
+            w[0].kind.is_network()
+                && !w[1].kind.is_network()
+                && w[1].at_ms + w[1].duration_ms <= w[0].at_ms + w[0].duration_ms
+        });
+        assert!(inside, "some partition has a kill or pause inside it");
+        // A single kind never gets an alone phase or companions.
+        let only_kills = schedule(3, duration, &[Kind::Kill]);
+        assert!(only_kills.iter().all(|f| f.kind == Kind::Kill));
+        check_invariants(&only_kills, duration);
     }
 }

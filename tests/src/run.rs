@@ -220,22 +220,33 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         }
     }
 
-    let mut applied = Vec::new();
-    let mut log = std::fs::File::create(o.out.join("nemesis.jsonl"))?;
-    for f in &schedule {
-        let wait = Duration::from_millis(f.at_ms).saturating_sub(start.elapsed());
-        tokio::time::sleep(wait).await;
-        let started_ms = ms_since(start);
-        let targets = apply(&cluster, f).await?;
-        let names = {
-            let c = cluster.lock().expect("not poisoned");
-            targets.iter().map(|&t| c.procs[t].name.clone()).collect()
-        };
-        let a = AppliedFault { planned: f.clone(), started_ms, healed_ms: ms_since(start), targets: names };
-        writeln!(log, "{}", serde_json::to_string(&a)?)?;
-        println!("  {:>6.1}s  {:?} {:?} for {}ms", started_ms as f64 / 1000.0, f.kind, a.targets, f.duration_ms);
-        applied.push(a);
+    // Each fault runs as its own task from its start time, so a companion
+    // fault can begin inside a partition.
+    let mut running = tokio::task::JoinSet::new();
+    for f in schedule {
+        tokio::time::sleep(Duration::from_millis(f.at_ms).saturating_sub(start.elapsed())).await;
+        let cluster = cluster.clone();
+        running.spawn(async move {
+            let started_ms = ms_since(start);
+            let targets = apply(&cluster, &f).await?;
+            let targets = {
+                let c = cluster.lock().expect("not poisoned");
+                targets.iter().map(|&t| c.procs[t].name.clone()).collect()
+            };
+            println!("  {:>6.1}s  {:?} {:?} for {}ms", started_ms as f64 / 1000.0, f.kind, targets, f.duration_ms);
+            anyhow::Ok(AppliedFault { planned: f, started_ms, healed_ms: ms_since(start), targets })
+        });
     }
+    let mut applied = Vec::new();
+    while let Some(a) = running.join_next().await {
+        applied.push(a.context("a nemesis task panicked")??);
+    }
+    applied.sort_by_key(|a| a.started_ms);
+    let mut log = std::io::BufWriter::new(std::fs::File::create(o.out.join("nemesis.jsonl"))?);
+    for a in &applied {
+        writeln!(log, "{}", serde_json::to_string(a)?)?;
+    }
+    log.flush()?;
     tokio::time::sleep(o.duration.saturating_sub(start.elapsed())).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {

@@ -13,9 +13,9 @@ use ringkv_chaos::run::{run, Options};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// How long the clients and faults run, in seconds.
-    #[arg(long, default_value_t = 60)]
-    duration_secs: u64,
+    /// How long the clients and faults run: seconds, or with a unit (90s, 30m, 1h).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
     /// Seed of the fault schedule and the clients (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
@@ -45,14 +45,14 @@ pub async fn run_cmd(a: Args) -> anyhow::Result<()> {
             .map(|n| Kind::parse(n).ok_or_else(|| anyhow::anyhow!("--nemesis {n:?}: unknown fault kind")))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    if a.duration_secs < 10 || a.workers == 0 || a.shards == 0 {
-        bail!("--duration-secs must be at least 10, --workers and --shards at least 1");
+    if a.duration < Duration::from_secs(10) || a.workers == 0 || a.shards == 0 {
+        bail!("--duration must be at least 10s, --workers and --shards at least 1");
     }
     let seed = a.seed.unwrap_or_else(rand::random);
     let opts = Options {
         ringkv: std::env::current_exe()?,
         out: a.out,
-        duration: Duration::from_secs(a.duration_secs),
+        duration: a.duration,
         seed,
         workers: a.workers,
         kinds,
@@ -68,4 +68,34 @@ pub async fn run_cmd(a: Args) -> anyhow::Result<()> {
         std::process::exit(3);
     }
     Ok(())
+}
+
+/// `90`, `90s`, `30m` or `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with an optional unit (s, m, h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("75"), Ok(Duration::from_secs(75)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
 }
