@@ -319,7 +319,7 @@ fn search(ops: &[Op], initial: State, limits: &Limits) -> Verdict {
 
     while remaining_definite > 0 {
         steps += 1;
-        if steps % 4096 == 0 && (Instant::now() > limits.deadline || cache.len() > limits.max_cache) {
+        if steps.is_multiple_of(4096) && (Instant::now() > limits.deadline || cache.len() > limits.max_cache) {
             return Verdict::Unknown;
         }
         // With definite ops left, their returns are still in the list.
@@ -594,9 +594,13 @@ mod tests {
         fn write_failed(self, c: u32, t0: u64, t1: u64, v: u64) -> H {
             self.push(c, RegOp::Write(v), t0, Some(t1), Outcome::Fail)
         }
-        fn cas(self, c: u32, t0: u64, t1: u64, expected: Option<u64>, new: u64, ok: bool, cur: Option<u64>) -> H {
-            let r = RegResult::Cas { succeeded: ok, current: cur };
+        fn cas_ok(self, c: u32, t0: u64, t1: u64, expected: Option<u64>, new: u64) -> H {
+            let r = RegResult::Cas { succeeded: true, current: expected };
             self.push(c, RegOp::Cas { expected, new }, t0, Some(t1), Outcome::Ok(r))
+        }
+        fn cas_failed(self, c: u32, t0: u64, t1: u64, expected: Option<u64>, current: Option<u64>) -> H {
+            let r = RegResult::Cas { succeeded: false, current };
+            self.push(c, RegOp::Cas { expected, new: 999 }, t0, Some(t1), Outcome::Ok(r))
         }
         fn cas_info(self, c: u32, t0: u64, expected: Option<u64>, new: u64) -> H {
             self.push(c, RegOp::Cas { expected, new }, t0, None, Outcome::Info)
@@ -613,15 +617,7 @@ mod tests {
 
     #[test]
     fn sequential_history_is_linearizable() {
-        let h = H::new().read(1, 0, 1, None).write(1, 2, 3, 1).read(2, 4, 5, Some(1)).cas(
-            1,
-            6,
-            7,
-            Some(1),
-            2,
-            true,
-            Some(1),
-        );
+        let h = H::new().read(1, 0, 1, None).write(1, 2, 3, 1).read(2, 4, 5, Some(1)).cas_ok(1, 6, 7, Some(1), 2);
         assert!(h.linearizable());
     }
 
@@ -695,28 +691,20 @@ mod tests {
 
     #[test]
     fn compare_and_swap_semantics() {
-        let ok = H::new().write(1, 0, 1, 1).cas(2, 2, 3, Some(1), 2, true, Some(1)).read(3, 4, 5, Some(2));
+        let ok = H::new().write(1, 0, 1, 1).cas_ok(2, 2, 3, Some(1), 2).read(3, 4, 5, Some(2));
         assert!(ok.linearizable());
         // A CAS cannot succeed against a value the register did not hold.
-        let bad = H::new().write(1, 0, 1, 1).cas(2, 2, 3, Some(5), 2, true, Some(5));
+        let bad = H::new().write(1, 0, 1, 1).cas_ok(2, 2, 3, Some(5), 2);
         assert!(!bad.linearizable());
         // A failed CAS must report a value the register held, other than expected.
-        let bad_fail = H::new().write(1, 0, 1, 1).cas(2, 2, 3, Some(1), 2, false, Some(1));
+        let bad_fail = H::new().write(1, 0, 1, 1).cas_failed(2, 2, 3, Some(1), Some(1));
         assert!(!bad_fail.linearizable());
-        let good_fail = H::new().write(1, 0, 1, 1).cas(2, 2, 3, Some(4), 2, false, Some(1));
+        let good_fail = H::new().write(1, 0, 1, 1).cas_failed(2, 2, 3, Some(4), Some(1));
         assert!(good_fail.linearizable());
         // Two CAS from the same value cannot both succeed.
-        let twice = H::new().write(1, 0, 1, 1).cas(2, 2, 10, Some(1), 2, true, Some(1)).cas(
-            3,
-            2,
-            10,
-            Some(1),
-            3,
-            true,
-            Some(1),
-        );
+        let twice = H::new().write(1, 0, 1, 1).cas_ok(2, 2, 10, Some(1), 2).cas_ok(3, 2, 10, Some(1), 3);
         assert!(!twice.linearizable());
-        let absent = H::new().cas(1, 0, 1, None, 9, true, None).read(2, 2, 3, Some(9));
+        let absent = H::new().cas_ok(1, 0, 1, None, 9).read(2, 2, 3, Some(9));
         assert!(absent.linearizable());
     }
 
