@@ -10,6 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "chaos: needs root for network namespaces and iptables" >&2
     exit 1
 fi
+# Namespaces left by a run that was killed outright (no trap ran): drop
+# those with no process left in them; a live run's namespace has its pids.
+for old in $(ip netns list 2>/dev/null | awk '/^ringkv-chaos-/ {print $1}'); do
+    [ -z "$(ip netns pids "$old" 2>/dev/null)" ] && ip netns del "$old" 2>/dev/null || true
+done
 ns="ringkv-chaos-$$"
 cleanup() {
     # Kill anything left in the namespace, then drop it.

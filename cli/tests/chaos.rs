@@ -47,6 +47,7 @@ fn short_chaos_run_finds_no_anomaly() {
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).expect("summary.json")).expect("JSON");
     assert_eq!(summary["anomalies"], 0);
     assert_eq!(summary["acknowledged_writes_lost"], 0);
+    assert_eq!(summary["undecided_keys"], 0, "every key's history was checked");
     assert!(summary["register_ops_checked"].as_u64().unwrap_or(0) > 500, "{summary}");
     assert!(summary["faults_by_kind"].as_object().is_some_and(|f| f.len() >= 4), "several kinds of fault: {summary}");
 }

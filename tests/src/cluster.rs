@@ -8,9 +8,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+use crate::layout::Layout;
 
 pub const PLACEMENT: usize = 3;
 pub const STORENODES: usize = 5;
@@ -56,83 +57,39 @@ pub fn router_addr(i: usize) -> String {
     format!("127.0.0.{}:6380", 31 + i)
 }
 
+fn ip(first: usize, i: usize) -> String {
+    format!("127.0.0.{}", first + i)
+}
+
 impl Cluster {
     /// Lays out the processes (nothing started yet).
     pub fn new(exe: &Path, dir: &Path, shards: u64, storenode_env: Vec<(String, String)>) -> Cluster {
-        let members: Vec<String> = (0..PLACEMENT).map(|i| format!("{}={}", i + 1, placement_addr(i))).collect();
-        let placement_list = (0..PLACEMENT).map(placement_addr).collect::<Vec<_>>().join(",");
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+            placement: (0..PLACEMENT).map(placement_addr).collect(),
+            placement_http: (0..PLACEMENT).map(|i| Some(format!("{}:2479", ip(11, i)))).collect(),
+            storenodes: (0..STORENODES)
+                .map(|i| (format!("{}:20160", ip(21, i)), format!("{}:20180", ip(21, i))))
+                .collect(),
+            routers: (0..ROUTERS).map(|i| (router_addr(i), format!("{}:8080", ip(31, i)))).collect(),
+            shards,
+            replication_factor: 3,
+            router_timeout_ms: Some(2000),
+        };
         let mut procs = Vec::new();
-        let mut add = |role: Role, id: usize, ip: String, args: Vec<String>| {
-            let name = format!("{}-{id}", format!("{role:?}").to_lowercase());
-            procs.push(Proc {
-                log: dir.join(format!("{name}.log")),
-                name,
-                role,
-                id,
-                ip,
-                args,
-                child: None,
-                paused: false,
-            });
+        let mut add = |role: Role, i: usize, ip: String, args: Vec<String>| {
+            let name = format!("{}-{}", format!("{role:?}").to_lowercase(), i + 1);
+            let log = dir.join(format!("{name}.log"));
+            procs.push(Proc { log, name, role, id: i + 1, ip, args, child: None, paused: false });
         };
         for i in 0..PLACEMENT {
-            let ip = format!("127.0.0.{}", 11 + i);
-            let mut args = vec![
-                "placement".to_string(),
-                "--id".into(),
-                (i + 1).to_string(),
-                "--listen".into(),
-                placement_addr(i),
-                "--http".into(),
-                format!("{ip}:2479"),
-                "--data-dir".into(),
-                dir.join(format!("placement-{}", i + 1)).display().to_string(),
-                "--initial-shards".into(),
-                shards.to_string(),
-                "--raft-tick-ms".into(),
-                "50".into(),
-                "--down-after-secs".into(),
-                "3".into(),
-            ];
-            for m in &members {
-                args.extend(["--member".into(), m.clone()]);
-            }
-            add(Role::Placement, i + 1, ip, args);
+            add(Role::Placement, i, ip(11, i), layout.placement_args(i));
         }
         for i in 0..STORENODES {
-            let ip = format!("127.0.0.{}", 21 + i);
-            let mut args = vec![
-                "storenode".to_string(),
-                "--node-id".into(),
-                (i + 1).to_string(),
-                "--listen".into(),
-                format!("{ip}:20160"),
-                "--http".into(),
-                format!("{ip}:20180"),
-                "--data-dir".into(),
-                dir.join(format!("storenode-{}", i + 1)).display().to_string(),
-                "--raft-tick-ms".into(),
-                "50".into(),
-            ];
-            for p in 0..PLACEMENT {
-                args.extend(["--placement".into(), placement_addr(p)]);
-            }
-            add(Role::Storenode, i + 1, ip, args);
+            add(Role::Storenode, i, ip(21, i), layout.storenode_args(i));
         }
         for i in 0..ROUTERS {
-            let ip = format!("127.0.0.{}", 31 + i);
-            let args = vec![
-                "router".to_string(),
-                "--listen".into(),
-                router_addr(i),
-                "--http".into(),
-                format!("{ip}:8080"),
-                "--placement".into(),
-                placement_list.clone(),
-                "--timeout-ms".into(),
-                "2000".into(),
-            ];
-            add(Role::Router, i + 1, ip, args);
+            add(Role::Router, i, ip(31, i), layout.router_args(i));
         }
         Cluster { exe: exe.to_path_buf(), procs, storenode_env }
     }
@@ -248,6 +205,3 @@ pub fn prepare_namespace() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// How long to wait after a fault before the next one, so the cluster can recover.
-pub const SETTLE: Duration = Duration::from_millis(500);

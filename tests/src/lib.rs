@@ -6,7 +6,8 @@
 //! partition, and checkers that judge the histories.
 //!
 //! - [`cluster`]: the processes and the faults applied to them (signals,
-//!   iptables).
+//!   iptables); [`layout`]: the arguments that start each process, shared
+//!   with the `cli/tests` harness.
 //! - [`nemesis`]: the seeded fault schedule.
 //! - [`workload`]: register (read/write/CAS) and set/append clients.
 //! - [`checker`]: linearizability (Wing–Gong/Lowe, per key) and set checks.
@@ -17,6 +18,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod layout;
 pub mod nemesis;
 pub mod run;
 pub mod workload;

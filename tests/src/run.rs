@@ -94,13 +94,14 @@ async fn wait_serving(timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The final read of every set, through either router, retried until `timeout`.
-async fn read_sets_back(timeout: Duration) -> anyhow::Result<BTreeMap<String, Vec<u64>>> {
+/// The final read of every set key the run used (`run` long), through
+/// either router, each retried until `timeout`.
+async fn read_sets_back(run: Duration, timeout: Duration) -> anyhow::Result<BTreeMap<String, Vec<u64>>> {
     let deadline = Instant::now() + timeout;
     let reader = Client::connect((0..ROUTERS).map(router_addr)).await?.with_timeout(Duration::from_secs(5));
     let mut out = BTreeMap::new();
-    for i in 0..SET_KEYS {
-        let k = workload::set_key(i);
+    let keys = (0..=workload::set_generation(run)).flat_map(|g| (0..SET_KEYS).map(move |i| workload::set_key(g, i)));
+    for k in keys {
         let v = loop {
             match reader.get(k.as_bytes()).await {
                 Ok(v) => break v,
@@ -264,7 +265,7 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         }
     }
     wait_serving(Duration::from_secs(60)).await?;
-    let final_reads = read_sets_back(Duration::from_secs(60)).await?;
+    let final_reads = read_sets_back(Duration::from_millis(run_ms), Duration::from_secs(60)).await?;
     cluster.lock().expect("not poisoned").stop_all();
 
     let registers = std::mem::take(&mut *rec.registers.lock().expect("not poisoned"));

@@ -7,7 +7,8 @@
 //! Register keys are replaced by fresh ones every [`KEY_LIFETIME`] (as
 //! Jepsen's `independent` generator does): every key still sees hundreds of
 //! contended operations across faults, while each key's history stays small
-//! enough for the linearizability search to finish.
+//! enough for the linearizability search to finish. Set keys are replaced
+//! every [`SET_LIFETIME`] so that no value grows without bound.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +31,17 @@ fn reg_key(generation: u64, i: usize) -> String {
     format!("reg-{generation}-{i}")
 }
 
-pub fn set_key(i: usize) -> String {
-    format!("set-{i}")
+/// How long a generation of set keys is used: a set's value grows with
+/// every element, so keys are replaced before values get large.
+pub const SET_LIFETIME: Duration = Duration::from_secs(60);
+
+pub fn set_key(generation: u64, i: usize) -> String {
+    format!("set-{generation}-{i}")
+}
+
+/// The set generation in use `elapsed` into the run.
+pub fn set_generation(elapsed: Duration) -> u64 {
+    elapsed.as_secs() / SET_LIFETIME.as_secs()
 }
 
 /// Everything the clients observed.
@@ -157,7 +167,7 @@ pub async fn set_worker(id: u32, client: Client, rec: Arc<Recorder>, stop: Arc<A
     let mut element = (id as u64 + 1) * 1_000_000_000;
     while !stop.load(Ordering::Relaxed) {
         element += 1;
-        let key = set_key(rng.gen_range(0..SET_KEYS));
+        let key = set_key(set_generation(rec.start.elapsed()), rng.gen_range(0..SET_KEYS));
         let outcome = append(&client, &key, element, &stop).await;
         if outcome == Outcome::Ok(RegResult::Written) {
             rec.ok_write();

@@ -2,7 +2,8 @@
 //! Must run as root inside a network namespace made for it, e.g.
 //! `ip netns add rk && ip netns exec rk ip link set lo up && ip netns exec rk ringkv chaos`
 //! (`scripts/chaos.sh` does exactly that). Exits 3 when an anomaly or a lost
-//! acknowledged write was found.
+//! acknowledged write was found, 4 when some key's history could not be
+//! checked within its time budget.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,6 +67,13 @@ pub async fn run_cmd(a: Args) -> anyhow::Result<()> {
             s.anomalies, s.acknowledged_writes_lost
         );
         std::process::exit(3);
+    }
+    if s.undecided_keys > 0 {
+        eprintln!(
+            "error: {} register keys could not be checked in time: nothing proven for them (seed {seed})",
+            s.undecided_keys
+        );
+        std::process::exit(4);
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ringkv_chaos::layout::Layout;
 use ringkv_client::Client;
 use ringkv_proto::placement::ClusterStatusRequest;
 use ringkv_storenode::placement_client::PlacementClient;
@@ -119,71 +120,33 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(dir: &Path, placement: usize, storenodes: usize, routers: usize, shards: u64) -> TestCluster {
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+            placement: (0..placement).map(|_| free_addr()).collect(),
+            placement_http: vec![None; placement],
+            storenodes: (0..storenodes).map(|_| (free_addr(), free_addr())).collect(),
+            routers: (0..routers).map(|_| (free_addr(), free_addr())).collect(),
+            shards,
+            replication_factor: storenodes.min(3),
+            router_timeout_ms: None,
+        };
         let mut procs = Procs::new(dir);
-        let p_addrs: Vec<String> = (0..placement).map(|_| free_addr()).collect();
-        let members: Vec<String> = p_addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
-        for (i, a) in p_addrs.iter().enumerate() {
-            let id = i + 1;
-            let mut args: Vec<String> = vec![
-                "placement".into(),
-                "--id".into(),
-                id.to_string(),
-                "--listen".into(),
-                a.clone(),
-                "--data-dir".into(),
-                dir.join(format!("placement-{id}")).display().to_string(),
-                "--initial-shards".into(),
-                shards.to_string(),
-                "--replication-factor".into(),
-                storenodes.min(3).to_string(),
-                "--raft-tick-ms".into(),
-                "50".into(),
-                "--down-after-secs".into(),
-                "3".into(),
-            ];
-            for m in &members {
-                args.extend(["--member".into(), m.clone()]);
-            }
-            procs.start(&format!("placement-{id}"), args);
+        for i in 0..placement {
+            procs.start(&format!("placement-{}", i + 1), layout.placement_args(i));
         }
-        let s_addrs: Vec<String> = (0..storenodes).map(|_| free_addr()).collect();
-        for (i, a) in s_addrs.iter().enumerate() {
-            let id = i + 1;
-            let mut args: Vec<String> = vec![
-                "storenode".into(),
-                "--node-id".into(),
-                id.to_string(),
-                "--listen".into(),
-                a.clone(),
-                "--http".into(),
-                free_addr(),
-                "--data-dir".into(),
-                dir.join(format!("storenode-{id}")).display().to_string(),
-                "--raft-tick-ms".into(),
-                "50".into(),
-            ];
-            for p in &p_addrs {
-                args.extend(["--placement".into(), p.clone()]);
-            }
-            procs.start(&format!("storenode-{id}"), args);
+        for i in 0..storenodes {
+            procs.start(&format!("storenode-{}", i + 1), layout.storenode_args(i));
         }
-        let (mut r_addrs, mut r_http) = (Vec::new(), Vec::new());
         for i in 0..routers {
-            let (g, h) = (free_addr(), free_addr());
-            let args = vec![
-                "router".into(),
-                "--listen".into(),
-                g.clone(),
-                "--http".into(),
-                h.clone(),
-                "--placement".into(),
-                p_addrs.join(","),
-            ];
-            procs.start(&format!("router-{}", i + 1), args);
-            r_addrs.push(g);
-            r_http.push(h);
+            procs.start(&format!("router-{}", i + 1), layout.router_args(i));
         }
-        TestCluster { procs, placement: p_addrs, storenodes: s_addrs, routers: r_addrs, router_http: r_http }
+        TestCluster {
+            procs,
+            placement: layout.placement,
+            storenodes: layout.storenodes.into_iter().map(|(grpc, _)| grpc).collect(),
+            routers: layout.routers.iter().map(|(grpc, _)| grpc.clone()).collect(),
+            router_http: layout.routers.into_iter().map(|(_, http)| http).collect(),
+        }
     }
 
     pub async fn client(&self) -> Client {

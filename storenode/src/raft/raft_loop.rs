@@ -301,6 +301,9 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         for state in lp.persisted_replicas()? {
             lp.open_replica(state)?;
         }
+        // Interrupted snapshots are applied by now; any other received file
+        // is one Raft never accepted.
+        lp.snap_dir.remove_all_received();
         Ok((lp, LoopHandle { tx }))
     }
 
@@ -985,6 +988,9 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         self.put_replica_state(&mut wb, &st);
         self.engine.write(wb, true)?;
         let _ = std::fs::remove_file(&path);
+        if let Some((_, index)) = snapshot::SnapshotDir::shard_and_index(&path) {
+            self.snap_dir.remove_received_upto(shard.id, index);
+        }
         Ok(())
     }
 }

@@ -101,10 +101,50 @@ pub struct SnapshotDir {
 }
 
 impl SnapshotDir {
+    /// Opens the directory, dropping half-written files (`*.tmp`) that a
+    /// crash left: nothing can be writing them before the node starts.
     pub fn new(root: PathBuf) -> Result<Self> {
         fs::create_dir_all(root.join("gen"))?;
         fs::create_dir_all(root.join("recv"))?;
-        Ok(SnapshotDir { root })
+        let dir = SnapshotDir { root };
+        for sub in ["gen", "recv"] {
+            dir.remove_matching(sub, |_, ext| ext == "tmp");
+        }
+        Ok(dir)
+    }
+
+    /// Removes the files of `sub` whose (name parsed as
+    /// `shard_term_index`, extension) `pred` selects.
+    fn remove_matching(&self, sub: &str, pred: impl Fn(Option<(u64, u64)>, &str) -> bool) {
+        let Ok(rd) = fs::read_dir(self.root.join(sub)) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
+            if pred(Self::shard_and_index(&p), ext) {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+
+    /// Removes every received file of `shard_id` up to `index`: once a
+    /// snapshot at `index` is applied, older ones (including any that Raft
+    /// refused as stale, which nothing else would delete) are useless.
+    pub fn remove_received_upto(&self, shard_id: u64, index: u64) {
+        self.remove_matching("recv", |p, ext| ext == "snap" && p.is_some_and(|(s, i)| s == shard_id && i <= index));
+    }
+
+    /// Removes every received file. Only at start-up, once interrupted
+    /// snapshots are applied: no transfer is in flight then.
+    pub fn remove_all_received(&self) {
+        self.remove_matching("recv", |_, _| true);
+    }
+
+    /// The (shard, index) of a snapshot file named by this directory
+    /// (`shard_term_index.ext`).
+    pub fn shard_and_index(path: &Path) -> Option<(u64, u64)> {
+        let mut parts = path.file_stem()?.to_str()?.split('_').map(|x| x.parse::<u64>().ok());
+        let (shard, _term, index) = (parts.next()??, parts.next()??, parts.next()??);
+        Some((shard, index))
     }
 
     pub fn generated(&self, shard_id: u64, term: u64, index: u64) -> PathBuf {
@@ -301,4 +341,29 @@ impl<W: Write> Write for ChecksumWriter<W> {
 /// Decodes a raft-rs snapshot from bytes (for messages read off the wire).
 pub fn parse_snapshot(b: &[u8]) -> Result<Snapshot> {
     Snapshot::parse_from_bytes(b).map_err(|e| Error::Corrupt(format!("snapshot: {e}")))
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::SnapshotDir;
+
+    #[test]
+    fn stale_and_half_written_files_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path().to_path_buf()).unwrap();
+        let touch = |p: std::path::PathBuf| std::fs::write(&p, b"x").map(|_| p).unwrap();
+        let old = touch(dir.received(7, 2, 100));
+        let applied = touch(dir.received(7, 3, 200));
+        let newer = touch(dir.received(7, 3, 300));
+        let other_shard = touch(dir.received(8, 1, 50));
+        let half = touch(dir.received(9, 1, 10).with_extension("tmp"));
+        dir.remove_received_upto(7, 200);
+        assert!(!old.exists() && !applied.exists(), "older and applied files go");
+        assert!(newer.exists() && other_shard.exists() && half.exists(), "newer, other shards and transfers stay");
+        // A restart drops half-written files.
+        SnapshotDir::new(tmp.path().to_path_buf()).unwrap();
+        assert!(!half.exists() && newer.exists());
+        dir.remove_all_received();
+        assert!(!newer.exists() && !other_shard.exists());
+    }
 }

@@ -180,7 +180,7 @@ impl StateMachine for ShardStateMachine {
             if let Some(b) = ctx.get(Cf::Meta, k)? {
                 let rec =
                     DedupRecord::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("dedup record: {e}")))?;
-                return Ok(rec.result.unwrap_or_default());
+                return Ok(expand(rec.result.unwrap_or_default(), &cmd));
             }
         }
         let version = ctx.shard.epoch.as_ref().map_or(0, |e| e.version);
@@ -197,12 +197,13 @@ impl StateMachine for ShardStateMachine {
                 None => err_result(Error::invalid("op", "missing")),
             }
         };
-        // Only outcomes that changed (or decided) something are remembered:
-        // an epoch refusal is retried under the same id after re-routing.
-        let decided =
-            !matches!(result.result, Some(CmdResult::Error(ShardError { kind: Some(Kind::EpochMismatch(_)) })));
-        if let (Some(k), true) = (dedup_key, decided) {
-            let rec = DedupRecord { index: ctx.index, result: Some(result.clone()) };
+        // Only writes that changed something are remembered, without the
+        // values they read (see `compact`). A retry of one that changed
+        // nothing (a failed compare, a refusal) simply runs again: the first
+        // run had no effect and nobody saw its answer, so the retry is the
+        // one that counts, linearized where it applies.
+        if let (Some(k), true) = (dedup_key, changed_state(&result)) {
+            let rec = DedupRecord { index: ctx.index, result: Some(compact(&result)) };
             ctx.put(Cf::Meta, &k, &rec.encode_to_vec());
             ctx.put(Cf::Meta, &keys::meta_dedup_by_index_key(shard_id, ctx.index, &cmd.request_id), &[]);
         }
@@ -220,11 +221,144 @@ impl StateMachine for ShardStateMachine {
     }
 }
 
+/// Whether applying produced an effect that a retry must not repeat.
+fn changed_state(r: &ShardCommandResult) -> bool {
+    match &r.result {
+        Some(CmdResult::Put(_) | CmdResult::BatchPut(_)) => true,
+        Some(CmdResult::Delete(d)) => d.existed,
+        Some(CmdResult::Cas(c)) => c.succeeded,
+        Some(CmdResult::Txn(t)) => t.succeeded,
+        Some(CmdResult::Error(_)) | None => false,
+    }
+}
+
+/// A result as the de-dup table keeps it: without the values a successful
+/// compare read, which can be as large as any value and would make the
+/// table (and every snapshot, which carries it) grow with the values
+/// written rather than with the number of writes. `expand` rebuilds them.
+fn compact(r: &ShardCommandResult) -> ShardCommandResult {
+    let result = match &r.result {
+        Some(CmdResult::Cas(c)) => {
+            Some(CmdResult::Cas(CompareAndSwapResponse { current_value: Vec::new(), ..c.clone() }))
+        }
+        Some(CmdResult::Txn(t)) => Some(CmdResult::Txn(TxnResponse { succeeded: t.succeeded, current: Vec::new() })),
+        other => other.clone(),
+    };
+    ShardCommandResult { result }
+}
+
+/// The answer to a retried `cmd` from its compacted record. Only successful
+/// compares are recorded, and after a success the values read are exactly
+/// the ones the command expected.
+fn expand(stored: ShardCommandResult, cmd: &ShardCommand) -> ShardCommandResult {
+    let expected = |e: &Option<Expected>| match e {
+        Some(Expected::ExpectedValue(v)) => (true, v.clone()),
+        _ => (false, Vec::new()),
+    };
+    let result = match (stored.result, &cmd.op) {
+        (Some(CmdResult::Cas(c)), Some(Op::Cas(req))) if c.succeeded => {
+            let (found, current_value) = expected(&req.expected);
+            Some(CmdResult::Cas(CompareAndSwapResponse { succeeded: true, found, current_value }))
+        }
+        (Some(CmdResult::Txn(t)), Some(Op::Txn(req))) if t.succeeded => {
+            let current = req
+                .compares
+                .iter()
+                .map(|c| {
+                    let (found, value) = match &c.expected {
+                        Some(compare::Expected::ExpectedValue(v)) => (true, v.clone()),
+                        _ => (false, Vec::new()),
+                    };
+                    GetResult { key: c.key.clone(), found, value }
+                })
+                .collect();
+            Some(CmdResult::Txn(TxnResponse { succeeded: true, current }))
+        }
+        (other, _) => other,
+    };
+    ShardCommandResult { result }
+}
+
 /// Turns a command result into the typed error it carries, if any.
 pub fn into_result(r: ShardCommandResult) -> Result<CmdResult> {
     match r.result {
         Some(CmdResult::Error(e)) => Err(Error::from_proto(e)),
         Some(other) => Ok(other),
         None => Err(Error::Corrupt("empty command result".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_proto::kv::{CompareAndSwapRequest, PutRequest};
+    use ringkv_proto::meta::Epoch;
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::raft::state_machine::ApplyBatch;
+
+    fn shard() -> ShardDescriptor {
+        ShardDescriptor { id: 1, start: 0, end: 0, epoch: Some(Epoch { version: 1, conf_ver: 1 }), replicas: vec![] }
+    }
+
+    fn cmd(request_id: &[u8], op: Op) -> ShardCommand {
+        ShardCommand { request_id: request_id.to_vec(), epoch_version: 1, op: Some(op) }
+    }
+
+    fn cas(expected: &[u8], new: &[u8]) -> Op {
+        Op::Cas(CompareAndSwapRequest {
+            context: None,
+            key: b"k".to_vec(),
+            expected: Some(Expected::ExpectedValue(expected.to_vec())),
+            new: Some(New::NewValue(new.to_vec())),
+        })
+    }
+
+    /// Applies `cmds` at indexes 1, 2, ... in one batch; the results.
+    fn apply_all(cmds: Vec<ShardCommand>) -> (Vec<ShardCommandResult>, Vec<usize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        let shard = shard();
+        let mut batch = ApplyBatch::default();
+        let mut sm = ShardStateMachine;
+        let mut out = Vec::new();
+        let mut record_sizes = Vec::new();
+        for (i, c) in cmds.into_iter().enumerate() {
+            let id = c.request_id.clone();
+            let mut ctx = ApplyContext { shard: &shard, index: i as u64 + 1, engine: &engine, batch: &mut batch };
+            out.push(sm.apply(&mut ctx, c).unwrap());
+            let rec = ctx.get(Cf::Meta, &keys::meta_dedup_key(1, &id)).unwrap();
+            record_sizes.push(rec.map_or(0, |r| r.len()));
+        }
+        (out, record_sizes)
+    }
+
+    #[test]
+    fn a_retried_successful_cas_answers_the_same_without_storing_values() {
+        let big = vec![b'x'; 256 * 1024];
+        let (res, sizes) = apply_all(vec![
+            cmd(b"w", Op::Put(PutRequest { context: None, key: b"k".to_vec(), value: big.clone() })),
+            cmd(b"c", cas(&big, b"new")),
+            cmd(b"c", cas(&big, b"new")),
+        ]);
+        let want = CmdResult::Cas(CompareAndSwapResponse { succeeded: true, found: true, current_value: big.clone() });
+        assert_eq!(res[1].result, Some(want.clone()));
+        assert_eq!(res[2].result, Some(want), "the retry gets the first answer back");
+        assert!(sizes[1] > 0 && sizes[1] < 100, "the record holds no value: {} bytes", sizes[1]);
+    }
+
+    #[test]
+    fn a_cas_that_changed_nothing_is_not_recorded_and_runs_again_on_retry() {
+        let (res, sizes) = apply_all(vec![
+            cmd(b"c", cas(b"v1", b"v2")),
+            cmd(b"w", Op::Put(PutRequest { context: None, key: b"k".to_vec(), value: b"v1".to_vec() })),
+            cmd(b"c", cas(b"v1", b"v2")),
+            cmd(b"c", cas(b"v1", b"v2")),
+        ]);
+        assert!(matches!(res[0].result, Some(CmdResult::Cas(CompareAndSwapResponse { succeeded: false, .. }))));
+        assert_eq!(sizes[0], 0, "nothing recorded for a failed compare");
+        // The retry runs against the new value and succeeds, once.
+        assert!(matches!(res[2].result, Some(CmdResult::Cas(CompareAndSwapResponse { succeeded: true, .. }))));
+        assert!(matches!(res[3].result, Some(CmdResult::Cas(CompareAndSwapResponse { succeeded: true, .. }))));
     }
 }
