@@ -56,6 +56,9 @@ impl Cf {
     }
 }
 
+/// The write-ahead log kept before column families are flushed to free it.
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+
 impl Engine {
     pub fn open(path: &Path) -> Result<Engine, EngineError> {
         let mut opts = Options::default();
@@ -63,6 +66,13 @@ impl Engine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // A WAL file lives until every column family with data in it has
+        // flushed, and `meta` (small, steady writes) rarely fills its
+        // memtable: left to RocksDB's default (4x all write buffers, ~2 GiB
+        // here) the Raft log's traffic piles up that much WAL, all of it
+        // replayed after a kill -9. Past this size RocksDB flushes the column
+        // families that pin the oldest WAL instead.
+        opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let mut data_opts = Options::default();
         let mut bbo = BlockBasedOptions::default();
         bbo.set_bloom_filter(10.0, false);
