@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use ringkv_client::Client;
 use ringkv_proto::placement::GetShardMapRequest;
 use ringkv_storenode::placement_client::PlacementClient;
+use ringkv_storenode::testkit::poll_until;
 use serde::Serialize;
 
 use crate::checker::{check_registers, check_sets, Outcome, RegReport, SetReport};
@@ -77,18 +78,14 @@ fn ms_since(start: Instant) -> u64 {
 
 /// Until a write and a read go through every router, or `timeout`.
 async fn wait_serving(timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
     for i in 0..ROUTERS {
         let c = Client::connect([router_addr(i)]).await?.with_timeout(Duration::from_secs(2));
-        loop {
-            let ok = c.put(b"chaos:probe", b"ok").await.is_ok() && c.get(b"chaos:probe").await.is_ok();
-            if ok {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the cluster did not serve through router {} within {timeout:?}", i + 1);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let served = poll_until(timeout, || async {
+            (c.put(b"chaos:probe", b"ok").await.is_ok() && c.get(b"chaos:probe").await.is_ok()).then_some(())
+        })
+        .await;
+        if served.is_none() {
+            bail!("the cluster did not serve through router {} within {timeout:?}", i + 1);
         }
     }
     Ok(())
@@ -97,17 +94,17 @@ async fn wait_serving(timeout: Duration) -> anyhow::Result<()> {
 /// The final read of every set key the run used (`run` long), through
 /// either router, each retried until `timeout`.
 async fn read_sets_back(run: Duration, timeout: Duration) -> anyhow::Result<BTreeMap<String, Vec<u64>>> {
-    let deadline = Instant::now() + timeout;
     let reader = Client::connect((0..ROUTERS).map(router_addr)).await?.with_timeout(Duration::from_secs(5));
     let mut out = BTreeMap::new();
     let keys = (0..=workload::set_generation(run)).flat_map(|g| (0..SET_KEYS).map(move |i| workload::set_key(g, i)));
     for k in keys {
-        let v = loop {
-            match reader.get(k.as_bytes()).await {
-                Ok(v) => break v,
-                Err(e) if Instant::now() > deadline => bail!("final read of {k}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
+        let last_error = Mutex::new(None);
+        let read = poll_until(timeout, || async {
+            reader.get(k.as_bytes()).await.map_err(|e| *last_error.lock().expect("not poisoned") = Some(e)).ok()
+        })
+        .await;
+        let Some(v) = read else {
+            bail!("final read of {k}: {:?}", last_error.into_inner().expect("not poisoned"));
         };
         out.insert(k, v.as_deref().map(workload::decode_set).unwrap_or_default());
     }
