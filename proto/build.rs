@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/meta.proto",
         "proto/error.proto",
         "proto/kv.proto",
+        "proto/engine.proto",
         "proto/raft.proto",
         "proto/storage.proto",
         "proto/placement.proto",

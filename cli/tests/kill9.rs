@@ -254,7 +254,12 @@ async fn acknowledged_writes_survive_kill9_of_one_and_of_all() {
             let shard = client.shard_for(k);
             let r = kv
                 .get(GetRequest {
-                    context: Some(RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: vec![] }),
+                    context: Some(RequestContext {
+                        shard_id: shard.id,
+                        epoch: shard.epoch,
+                        request_id: vec![],
+                        timeout_ms: 0,
+                    }),
                     key: k.clone(),
                     consistency: ReadConsistency::Stale as i32,
                 })

@@ -2,16 +2,19 @@
 //! cluster's metadata — storenodes, shards, ids — and bootstraps the initial
 //! shards once enough storenodes have registered.
 //!
-//! It reuses the storenode's Raft machinery as a library: the same loop,
-//! storage, snapshots and transport drive one group whose state machine is
-//! [`state::PlacementStateMachine`]. Nothing about consensus is written twice.
+//! It runs on the multi-Raft engine (`ringkv-raft`) like the storenode: the
+//! same loop, storage, snapshots and transport drive one group whose state
+//! machine is [`state::PlacementStateMachine`] and whose descriptor is
+//! [`group::PlacementGroup`]. Nothing about consensus is written twice.
 //!
+//! - [`group`]: the placement group's descriptor.
 //! - [`state`]: the replicated state and its state machine.
 //! - [`ring`]: where replicas go (consistent-hash ring of nodes).
 //! - [`service`]: the Placement gRPC API.
 //! - [`scheduler`]: the leader's background work (bootstrap).
 //! - [`server`]: wires it into a process.
 
+pub mod group;
 pub mod ring;
 pub mod scheduler;
 pub mod server;
@@ -22,8 +25,7 @@ use std::time::Duration;
 
 pub use server::{PlacementConfig, PlacementHandle, PlacementServer};
 
-/// The placement group's shard id in its own RocksDB.
-pub const GROUP_ID: u64 = 1;
+pub use group::GROUP_ID;
 
 #[derive(Clone, Debug)]
 pub struct PlacementSettings {

@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ringkv_proto::placement::{placement_command::Op, BootstrapShards, Node, NodeState};
-use ringkv_storenode::raft::raft_loop::Msg;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::ring::initial_shards;
 use crate::service::PlacementService;
@@ -37,11 +36,8 @@ pub async fn run(svc: PlacementService, mut stop: watch::Receiver<bool>) {
 }
 
 async fn is_leader(svc: &PlacementService) -> bool {
-    let (tx, rx) = oneshot::channel();
-    if svc.loop_handle.send(Msg::Status { shard_ids: vec![GROUP_ID], cb: tx }).is_err() {
-        return false;
-    }
-    rx.await.ok().and_then(|v| v.into_iter().next()).is_some_and(|r| r.is_leader)
+    let status = svc.loop_handle.status(vec![GROUP_ID]).await.unwrap_or_default();
+    status.into_iter().next().is_some_and(|r| r.is_leader)
 }
 
 async fn maybe_bootstrap(svc: &PlacementService) {

@@ -8,18 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use ringkv_proto::meta::{Epoch, Replica, ReplicaRole, ShardDescriptor};
 use ringkv_proto::placement::placement_server::PlacementServer as PlacementGrpc;
-use ringkv_storenode::config::RaftSettings;
-use ringkv_storenode::metrics::Metrics;
-use ringkv_storenode::raft::node::RaftNode;
-use ringkv_storenode::raft::raft_loop::Msg;
-use ringkv_storenode::raft::transport::AddressBook;
+use ringkv_raft::node::RaftNode;
+use ringkv_raft::transport::AddressBook;
+use ringkv_raft::{LoopRequest, RaftConfig, RaftMetrics};
 use ringkv_storenode::server::{bind, HttpRouter, Serving, StartError};
 
+use crate::group::PlacementGroup;
 use crate::service::{Liveness, PlacementService};
 use crate::state::{PlacementStateMachine, Shared};
-use crate::{PlacementSettings, GROUP_ID};
+use crate::PlacementSettings;
 
 #[derive(Clone, Debug)]
 pub struct PlacementConfig {
@@ -31,7 +29,8 @@ pub struct PlacementConfig {
     /// Every member, this one included: id -> gRPC address. The first start
     /// creates the group with exactly these voters.
     pub members: Vec<(u64, String)>,
-    pub raft: RaftSettings,
+    /// The Raft engine's settings.
+    pub raft: RaftConfig,
     pub settings: PlacementSettings,
 }
 
@@ -46,27 +45,13 @@ pub struct PlacementHandle {
     serving: Option<Serving>,
 }
 
-/// The placement group as a shard descriptor: the whole ring, one voter per member.
-fn group_descriptor(members: &[(u64, String)]) -> ShardDescriptor {
-    ShardDescriptor {
-        id: GROUP_ID,
-        start: 0,
-        end: 0,
-        epoch: Some(Epoch { version: 1, conf_ver: 1 }),
-        replicas: members
-            .iter()
-            .map(|(id, _)| Replica { replica_id: *id, node_id: *id, role: ReplicaRole::Voter as i32 })
-            .collect(),
-    }
-}
-
 impl PlacementServer {
     pub async fn start(cfg: PlacementConfig) -> Result<PlacementHandle, StartError> {
         let id = cfg.member_id;
         if id == 0 || !cfg.members.iter().any(|(m, _)| *m == id) {
             return Err(StartError::Other(format!("member id {id} is not among the placement members")));
         }
-        let metrics = Arc::new(Metrics::new(id));
+        let metrics = Arc::new(RaftMetrics::new(id));
         let book = Arc::new(AddressBook::default());
         for (m, addr) in &cfg.members {
             book.set(*m, addr.clone());
@@ -75,24 +60,26 @@ impl PlacementServer {
         ringkv_storenode::net::set_source_from(grpc_addr);
         let shared = Shared::new();
         let sm_shared = shared.clone();
-        let open_err = |source| StartError::Open { path: cfg.data_dir.clone(), source };
-        let raft = RaftNode::open(id, cfg.data_dir.clone(), &cfg.raft, book, metrics.clone(), move || {
-            PlacementStateMachine::new(sm_shared.clone())
-        })
+        let open_err = |e: ringkv_raft::Error| StartError::Open { path: cfg.data_dir.clone(), source: e.into() };
+        let raft = RaftNode::open(
+            id,
+            cfg.data_dir.clone(),
+            &cfg.raft,
+            book,
+            metrics.clone(),
+            move || PlacementStateMachine::new(sm_shared.clone()),
+            || {
+                tracing::error!("the Raft loop thread died: aborting so that a supervisor restarts placement");
+                std::process::abort();
+            },
+        )
         .await
         .map_err(open_err)?;
         // First start: create the group (idempotent when it already exists).
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let create = Msg::CreateReplica {
-            shard: group_descriptor(&cfg.members),
-            replica_id: id,
-            bootstrap: true,
-            campaign: false,
-            cb: tx,
-        };
-        raft.loop_handle.send(create).map_err(|_| StartError::Other("raft loop stopped".into()))?;
-        rx.await
-            .map_err(|_| StartError::Other("raft loop stopped".into()))?
+        let group = PlacementGroup::initial(cfg.members.iter().map(|(m, _)| *m));
+        raft.loop_handle
+            .call(|cb| LoopRequest::CreateReplica { group, replica_id: id, bootstrap: true, campaign: false, cb })
+            .await
             .map_err(|e| StartError::Other(format!("creating the placement group: {e}")))?;
 
         let svc = PlacementService {
@@ -110,7 +97,9 @@ impl PlacementServer {
         serving.grpc(listener, routes)?;
         let stopped = serving.stopped();
         serving.spawn(crate::scheduler::run(svc, stopped));
-        let http_addr = serving.http(cfg.http_addr, move || metrics.render(), || true, HttpRouter::new()).await?;
+        let running = raft.running_flag();
+        let ready = move || running.load(std::sync::atomic::Ordering::SeqCst);
+        let http_addr = serving.http(cfg.http_addr, move || metrics.render(), ready, HttpRouter::new()).await?;
         tracing::info!(member = id, %grpc_addr, ?http_addr, "placement started");
         Ok(PlacementHandle { member_id: id, grpc_addr, http_addr, shared, raft: Some(raft), serving: Some(serving) })
     }

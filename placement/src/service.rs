@@ -17,9 +17,8 @@ use ringkv_proto::placement::{
     RegisterNodeRequest, RegisterNodeResponse, ReplicaAssignment, SetNodeStateRequest, SetNodeStateResponse, ShardInfo,
     ShardMap, ShardUpdates, WatchShardMapRequest,
 };
-use ringkv_storenode::raft::raft_loop::{LoopHandle, Msg};
+use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
 use ringkv_storenode::Error;
-use tokio::sync::oneshot;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -60,7 +59,13 @@ pub struct PlacementService {
     pub(crate) members: Arc<HashMap<u64, String>>,
 }
 
-pub fn to_status(e: Error) -> Status {
+/// How long past a request's deadline the service waits for the loop's
+/// own answer before giving up on it.
+const LOOP_GRACE: Duration = Duration::from_millis(500);
+
+/// An engine error as a gRPC status (typed details where the client can act).
+pub fn to_status(e: ringkv_raft::Error) -> Status {
+    let e: Error = e.into();
     e.into()
 }
 
@@ -75,34 +80,24 @@ fn command_status(e: CommandError) -> Status {
 impl PlacementService {
     /// Proposes a command and waits for it to apply.
     pub(crate) async fn propose(&self, op: Op) -> Result<Reply, Status> {
-        let (tx, rx) = oneshot::channel();
         let cmd = PlacementCommand { op: Some(op) };
-        self.loop_handle
-            .send(Msg::Propose { shard_id: GROUP_ID, epoch_version: None, cmd, cb: tx })
-            .map_err(|_| Status::unavailable("placement is stopping"))?;
-        let res = tokio::time::timeout(self.settings.request_timeout, rx)
+        let deadline = std::time::Instant::now() + self.settings.request_timeout;
+        let call = self.loop_handle.call(|cb| LoopRequest::Propose { group_id: GROUP_ID, cmd, deadline, cb });
+        let res = tokio::time::timeout(self.settings.request_timeout + LOOP_GRACE, call)
             .await
-            .map_err(|_| Status::deadline_exceeded("placement: no answer in time (outcome unknown)"))?
-            .map_err(|_| Status::unavailable("placement is stopping"))?;
+            .map_err(|_| Status::deadline_exceeded("placement: no answer in time (outcome unknown)"))?;
         res.map_err(to_status)?.map_err(command_status)
     }
 
     /// Ok when this member leads the placement group right now; otherwise the
     /// typed NotLeader error with the leader's address.
     pub(crate) async fn ensure_leader(&self) -> Result<(), Status> {
-        let (tx, rx) = oneshot::channel();
-        self.loop_handle
-            .send(Msg::Read {
-                shard_id: GROUP_ID,
-                epoch_version: None,
-                consistency: ringkv_proto::kv::ReadConsistency::Linearizable,
-                cb: tx,
-            })
-            .map_err(|_| Status::unavailable("placement is stopping"))?;
-        match tokio::time::timeout(self.settings.request_timeout, rx).await {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(to_status(e)),
-            Ok(Err(_)) => Err(Status::unavailable("placement is stopping")),
+        let deadline = std::time::Instant::now() + self.settings.request_timeout;
+        let call =
+            self.loop_handle.call(|cb| LoopRequest::Read { group_id: GROUP_ID, mode: ReadMode::Leader, deadline, cb });
+        match tokio::time::timeout(self.settings.request_timeout + LOOP_GRACE, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(to_status(e)),
             Err(_) => Err(Status::unavailable("placement: no quorum in time")),
         }
     }

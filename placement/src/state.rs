@@ -24,10 +24,10 @@ use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::placement::{
     placement_command::Op, Node, NodeState, PlacementCommand, RegisterNodeRequest, SetNodeStateRequest, ShardInfo,
 };
-use ringkv_storenode::engine::{Cf, Engine};
-use ringkv_storenode::raft::snapshot::StateRange;
-use ringkv_storenode::raft::state_machine::{ApplyContext, StateMachine};
-use ringkv_storenode::Result;
+use ringkv_raft::engine::{Cf, Engine};
+use ringkv_raft::{ApplyContext, Result, StateMachine};
+
+use crate::group::PlacementGroup;
 use tokio::sync::watch;
 
 const NEXT_ID: &[u8] = b"c/next_id";
@@ -75,7 +75,7 @@ impl ClusterState {
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
                 let id = be_u64(&k[prefix.len()..]);
                 let corrupt = |e: prost::DecodeError| {
-                    ringkv_storenode::Error::Corrupt(format!("placement record {}: {e}", String::from_utf8_lossy(k)))
+                    ringkv_raft::Error::Corrupt(format!("placement record {}: {e}", String::from_utf8_lossy(k)))
                 };
                 if is_node {
                     st.nodes.insert(id, Node::decode(v).map_err(corrupt)?);
@@ -138,25 +138,29 @@ impl PlacementStateMachine {
         PlacementStateMachine { shared }
     }
 
-    fn alloc(ctx: &mut ApplyContext<'_>, st: &mut ClusterState) -> u64 {
+    fn alloc(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) -> u64 {
         let id = st.next_id.max(FIRST_ID);
         st.next_id = id + 1;
         ctx.put(Cf::Data, NEXT_ID, &st.next_id.to_be_bytes());
         id
     }
 
-    fn put_node(ctx: &mut ApplyContext<'_>, st: &mut ClusterState, n: Node) {
+    fn put_node(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState, n: Node) {
         ctx.put(Cf::Data, &node_key(n.id), &n.encode_to_vec());
         st.nodes.insert(n.id, n);
     }
 
-    fn put_shard(ctx: &mut ApplyContext<'_>, st: &mut ClusterState, s: ShardInfo) {
+    fn put_shard(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState, s: ShardInfo) {
         let id = s.shard.as_ref().map_or(0, |d| d.id);
         ctx.put(Cf::Data, &shard_key(id), &s.encode_to_vec());
         st.shards.insert(id, s);
     }
 
-    fn register(ctx: &mut ApplyContext<'_>, st: &mut ClusterState, r: RegisterNodeRequest) -> CommandResult {
+    fn register(
+        ctx: &mut ApplyContext<'_, PlacementGroup>,
+        st: &mut ClusterState,
+        r: RegisterNodeRequest,
+    ) -> CommandResult {
         if r.address.is_empty() {
             return Err(CommandError::Invalid("a node needs an address".into()));
         }
@@ -194,7 +198,11 @@ impl PlacementStateMachine {
         Ok(Reply::Registered(id))
     }
 
-    fn set_state(ctx: &mut ApplyContext<'_>, st: &mut ClusterState, r: SetNodeStateRequest) -> CommandResult {
+    fn set_state(
+        ctx: &mut ApplyContext<'_, PlacementGroup>,
+        st: &mut ClusterState,
+        r: SetNodeStateRequest,
+    ) -> CommandResult {
         let Some(mut node) = st.nodes.get(&r.node_id).cloned() else {
             return Err(CommandError::UnknownNode(r.node_id));
         };
@@ -210,7 +218,11 @@ impl PlacementStateMachine {
         Ok(Reply::Node(node))
     }
 
-    fn bootstrap(ctx: &mut ApplyContext<'_>, st: &mut ClusterState, shards: Vec<ShardInfo>) -> CommandResult {
+    fn bootstrap(
+        ctx: &mut ApplyContext<'_, PlacementGroup>,
+        st: &mut ClusterState,
+        shards: Vec<ShardInfo>,
+    ) -> CommandResult {
         // A second leader may propose the bootstrap again: only the first counts.
         if st.bootstrapped {
             return Ok(Reply::Bootstrapped(false));
@@ -236,7 +248,11 @@ impl PlacementStateMachine {
     }
 
     /// Newer descriptors (by epoch) and leader changes reported by shard leaders.
-    fn update_shards(ctx: &mut ApplyContext<'_>, st: &mut ClusterState, updates: Vec<ShardInfo>) -> CommandResult {
+    fn update_shards(
+        ctx: &mut ApplyContext<'_, PlacementGroup>,
+        st: &mut ClusterState,
+        updates: Vec<ShardInfo>,
+    ) -> CommandResult {
         let mut changed = 0;
         for u in updates {
             let Some(new) = u.shard.as_ref() else { continue };
@@ -256,7 +272,7 @@ impl PlacementStateMachine {
         Ok(Reply::Updated(changed))
     }
 
-    fn bump(ctx: &mut ApplyContext<'_>, st: &mut ClusterState) {
+    fn bump(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) {
         st.version += 1;
         ctx.put(Cf::Data, VERSION, &st.version.to_be_bytes());
     }
@@ -265,8 +281,9 @@ impl PlacementStateMachine {
 impl StateMachine for PlacementStateMachine {
     type Command = PlacementCommand;
     type Response = CommandResult;
+    type Group = PlacementGroup;
 
-    fn apply(&mut self, ctx: &mut ApplyContext<'_>, cmd: PlacementCommand) -> Result<CommandResult> {
+    fn apply(&mut self, ctx: &mut ApplyContext<'_, PlacementGroup>, cmd: PlacementCommand) -> Result<CommandResult> {
         // Work on a copy so that readers never see half of a command.
         let mut st = self.shared.state.read().clone();
         let before = st.version;
@@ -289,11 +306,7 @@ impl StateMachine for PlacementStateMachine {
         Err(CommandError::Invalid(format!("undecodable command: {reason}")))
     }
 
-    fn state_ranges(_shard: &ShardDescriptor) -> Vec<StateRange> {
-        vec![StateRange { cf: Cf::Data, lo: Vec::new(), hi: vec![0xff; 9] }]
-    }
-
-    fn restore(&mut self, engine: &Engine, _shard: &ShardDescriptor) -> Result<()> {
+    fn restore(&mut self, engine: &Engine, _group: &PlacementGroup) -> Result<()> {
         let st = ClusterState::load(engine)?;
         let version = st.version;
         *self.shared.state.write() = st;

@@ -10,6 +10,9 @@ pub mod error {
 pub mod kv {
     tonic::include_proto!("ringkv.kv");
 }
+pub mod engine {
+    tonic::include_proto!("ringkv.engine");
+}
 pub mod raft {
     tonic::include_proto!("ringkv.raft");
 }

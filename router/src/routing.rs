@@ -112,7 +112,7 @@ impl Router {
                     self.map.request_refresh();
                     Error::Retryable("no shard map yet".into())
                 }
-                Some(shard) => match self.attempt(&shard, attempt, request_id, &f).await {
+                Some(shard) => match self.attempt(&shard, attempt, request_id, deadline, &f).await {
                     Ok(r) => return Ok(r),
                     Err(e) => {
                         self.learn(&shard, &e);
@@ -161,6 +161,7 @@ impl Router {
         shard: &ShardDescriptor,
         attempt: usize,
         request_id: &[u8],
+        deadline: Instant,
         f: &F,
     ) -> Result<T, Error>
     where
@@ -173,7 +174,15 @@ impl Router {
         });
         let addr = self.map.address(node).ok_or_else(|| Error::Retryable(format!("no address for node {node}")))?;
         let client = self.client(&addr).await?;
-        let ctx = RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: request_id.to_vec() };
+        // The storenode answers within what is left of the deadline, so a
+        // stuck shard cannot hold the caller past it.
+        let left = deadline.saturating_duration_since(Instant::now()).as_millis().clamp(1, u32::MAX as u128) as u32;
+        let ctx = RequestContext {
+            shard_id: shard.id,
+            epoch: shard.epoch,
+            request_id: request_id.to_vec(),
+            timeout_ms: left,
+        };
         match f(client, ctx).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => {

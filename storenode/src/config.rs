@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use ringkv_raft::RaftConfig;
+
 use crate::keys::MAX_KEY_LEN_HARD;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -29,7 +31,8 @@ pub struct StorenodeConfig {
     /// Relative weight when placement spreads replicas.
     pub capacity: u64,
     pub heartbeat_ms: u64,
-    pub raft: RaftSettings,
+    /// The Raft engine's settings (`[raft]`).
+    pub raft: RaftConfig,
     pub limits: Limits,
 }
 
@@ -38,19 +41,6 @@ pub struct StorenodeConfig {
 pub struct Peer {
     pub node_id: u64,
     pub address: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RaftSettings {
-    pub tick_ms: u64,
-    /// Election timeout in ticks (randomised between this and twice this).
-    pub election_ticks: usize,
-    pub heartbeat_ticks: usize,
-    /// Compact a replica's log past this many applied entries.
-    pub compact_log_entries: u64,
-    /// ... or once its log holds more than this many bytes.
-    pub compact_log_bytes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,20 +66,8 @@ impl Default for StorenodeConfig {
             zone: String::new(),
             capacity: 1,
             heartbeat_ms: 1000,
-            raft: RaftSettings::default(),
+            raft: RaftConfig::default(),
             limits: Limits::default(),
-        }
-    }
-}
-
-impl Default for RaftSettings {
-    fn default() -> Self {
-        RaftSettings {
-            tick_ms: 100,
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            compact_log_entries: 10_000,
-            compact_log_bytes: 64 << 20,
         }
     }
 }
@@ -136,18 +114,7 @@ impl StorenodeConfig {
         if self.limits.max_value_bytes == 0 || self.limits.max_value_bytes > 64 << 20 {
             return bad("limits.max_value_bytes must be between 1 and 64 MiB");
         }
-        if self.raft.tick_ms == 0 || self.raft.heartbeat_ticks == 0 {
-            return bad("raft.tick_ms and raft.heartbeat_ticks must be non-zero");
-        }
-        if self.raft.election_ticks <= self.raft.heartbeat_ticks {
-            return bad("raft.election_ticks must exceed raft.heartbeat_ticks");
-        }
-        if self.raft.compact_log_entries < 2 {
-            return bad("raft.compact_log_entries must be at least 2");
-        }
-        if self.raft.compact_log_bytes < 4096 {
-            return bad("raft.compact_log_bytes must be at least 4096");
-        }
+        self.raft.validate().map_err(|e| ConfigError::Invalid(e.0))?;
         if self.peers.iter().any(|p| p.node_id == 0 || p.node_id == self.node_id) {
             return bad("peers must have non-zero ids different from node_id");
         }

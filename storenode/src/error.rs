@@ -38,6 +38,41 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<ringkv_raft::Error> for Error {
+    /// The engine's answer in the storenode's terms (a group is a shard).
+    fn from(e: ringkv_raft::Error) -> Error {
+        use ringkv_raft::Error as E;
+        match e {
+            E::NotLeader { group_id, leader, leader_address } => Error::NotLeader {
+                shard_id: group_id,
+                leader: leader.as_ref().map(crate::shard::to_replica),
+                leader_address,
+            },
+            E::StaleEpoch { group_id, current } => {
+                match <crate::shard::Shard as ringkv_raft::Group>::decode(&current) {
+                    Ok(s) => Error::EpochMismatch(Box::new(s.0)),
+                    Err(e) => Error::Corrupt(format!("shard {group_id}: current descriptor: {e}")),
+                }
+            }
+            E::GroupNotFound(id) => Error::ShardNotFound(id),
+            // Another replica of the shard can serve: the router tries it.
+            E::ReplicaFailed { group_id, reason } => {
+                Error::Retryable(format!("this node's replica of shard {group_id} is fenced off: {reason}"))
+            }
+            E::InvalidArgument { field, reason } => Error::InvalidArgument { field, reason },
+            E::ConfChangeRefused(reason) => Error::InvalidArgument { field: "changes".into(), reason },
+            E::Ambiguous(r) => Error::Ambiguous(r),
+            E::Retryable(r) => Error::Retryable(r),
+            E::Busy(r) => Error::Busy(r),
+            E::Engine(e) => Error::Engine(e),
+            E::Raft(e) => Error::Raft(e),
+            E::Corrupt(r) => Error::Corrupt(r),
+            E::Io(e) => Error::Io(e),
+            E::Stopped => Error::Stopped,
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(field: &str, reason: impl Into<String>) -> Error {
         Error::InvalidArgument { field: field.to_string(), reason: reason.into() }

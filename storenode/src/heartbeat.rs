@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use ringkv_proto::placement::{NodeHeartbeatRequest, RegisterNodeRequest, ReplicaReport};
 use ringkv_proto::raft::ReplicaStatus;
-use tokio::sync::{oneshot, watch};
+use ringkv_raft::transport::AddressBook;
+use ringkv_raft::{LoopHandle, LoopRequest};
+use tokio::sync::watch;
 
 use crate::placement_client::PlacementClient;
-use crate::raft::raft_loop::{LoopHandle, Msg};
-use crate::raft::transport::AddressBook;
-use crate::shard::ShardStateMachine;
+use crate::service::admin::status_to_proto;
+use crate::shard::{Shard, ShardStateMachine};
 
 /// A follower trailing its leader by more entries than this counts as down.
 const LAGGING_ENTRIES: u64 = 1000;
@@ -79,9 +80,8 @@ impl Heartbeat {
     }
 
     async fn beat(&self) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.loop_handle.send(Msg::Status { shard_ids: Vec::new(), cb: tx }).map_err(|_| "stopping".to_string())?;
-        let replicas: Vec<ReplicaReport> = rx.await.map_err(|_| "stopping")?.into_iter().map(report).collect();
+        let status = self.loop_handle.status(Vec::new()).await.map_err(|e| e.to_string())?;
+        let replicas: Vec<ReplicaReport> = status.into_iter().map(|s| report(status_to_proto(s))).collect();
         let req = NodeHeartbeatRequest { node_id: self.node_id, replicas };
         let resp = self
             .client
@@ -98,10 +98,16 @@ impl Heartbeat {
         }
         for a in resp.create {
             let Some(shard) = a.shard else { continue };
-            let (id, replica_id) = (shard.id, a.replica_id);
+            let (id, replica_id, group) = (shard.id, a.replica_id, Shard(shard));
             let created = self
                 .loop_handle
-                .call(|cb| Msg::CreateReplica { shard, replica_id, bootstrap: a.bootstrap, campaign: a.campaign, cb })
+                .call(|cb| LoopRequest::CreateReplica {
+                    group,
+                    replica_id,
+                    bootstrap: a.bootstrap,
+                    campaign: a.campaign,
+                    cb,
+                })
                 .await;
             match created {
                 Ok(()) => tracing::info!(shard = id, replica_id, "created replica assigned by placement"),

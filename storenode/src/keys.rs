@@ -3,9 +3,11 @@
 //! | CF     | key                                   | value                          |
 //! |--------|---------------------------------------|--------------------------------|
 //! | `data` | `h (8 BE) ++ user_key`                | value header ++ value          |
-//! | `raft` | `shard_id (8 BE) ++ LOG ++ index (8 BE)` | a raft-rs `Entry`           |
-//! | `raft` | `shard_id (8 BE) ++ HARD_STATE`       | a raft-rs `HardState`          |
-//! | `meta` | `shard_id (8 BE) ++ kind [++ suffix]` | replica state, apply state, de-dup records |
+//! | `meta` | `shard_id (8 BE) ++ 0x03 ++ request_id` | de-dup record                |
+//! | `meta` | `shard_id (8 BE) ++ 0x04 ++ index (8 BE) ++ request_id` | (empty): de-dup records by index |
+//!
+//! The engine's own keys (Raft log, hard state, replica and apply state,
+//! tombstones) are laid out by [`ringkv_raft::keys`].
 //!
 //! `h = xxh3_64(hash_part(user_key))`, so a shard, which owns a contiguous range
 //! of `h`, owns one contiguous range of the `data` CF: a snapshot is a range
@@ -14,17 +16,10 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
-pub const CF_DATA: &str = "data";
-pub const CF_RAFT: &str = "raft";
-pub const CF_META: &str = "meta";
+use ringkv_raft::keys::{group_key as shard_prefix, FIRST_STATE_MACHINE_KIND};
 
-const RAFT_LOG: u8 = 0x01;
-const RAFT_HARD_STATE: u8 = 0x02;
-
-const META_REPLICA_STATE: u8 = 0x01;
-const META_APPLY_STATE: u8 = 0x02;
-const META_DEDUP: u8 = 0x03;
-const META_DEDUP_BY_INDEX: u8 = 0x04;
+const META_DEDUP: u8 = FIRST_STATE_MACHINE_KIND;
+const META_DEDUP_BY_INDEX: u8 = FIRST_STATE_MACHINE_KIND + 1;
 
 /// The part of a key that is hashed: the bytes inside the first `{…}` that has
 /// at least one byte inside (the Redis Cluster hash-tag convention), otherwise
@@ -96,41 +91,6 @@ pub fn data_range(start: u64, end: u64) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
-fn shard_prefix(shard_id: u64, kind: u8) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.extend_from_slice(&shard_id.to_be_bytes());
-    k.push(kind);
-    k
-}
-
-pub fn raft_log_key(shard_id: u64, index: u64) -> Vec<u8> {
-    let mut k = shard_prefix(shard_id, RAFT_LOG);
-    k.extend_from_slice(&index.to_be_bytes());
-    k
-}
-
-pub fn raft_hard_state_key(shard_id: u64) -> Vec<u8> {
-    shard_prefix(shard_id, RAFT_HARD_STATE)
-}
-
-/// Every key of the shard in the `raft` CF: `[shard_id, shard_id + 1)`.
-pub fn shard_all_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
-    (shard_id.to_be_bytes().to_vec(), (shard_id + 1).to_be_bytes().to_vec())
-}
-
-pub fn raft_log_index(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(9..17)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
-pub fn meta_replica_state_key(shard_id: u64) -> Vec<u8> {
-    shard_prefix(shard_id, META_REPLICA_STATE)
-}
-
-pub fn meta_apply_state_key(shard_id: u64) -> Vec<u8> {
-    shard_prefix(shard_id, META_APPLY_STATE)
-}
-
 pub fn meta_dedup_key(shard_id: u64, request_id: &[u8]) -> Vec<u8> {
     let mut k = shard_prefix(shard_id, META_DEDUP);
     k.extend_from_slice(request_id);
@@ -161,16 +121,6 @@ pub fn meta_dedup_by_index_range(shard_id: u64, below: u64) -> (Vec<u8>, Vec<u8>
 /// `[lo, hi)` of all the shard's de-duplication state in the `meta` CF.
 pub fn meta_dedup_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
     (shard_prefix(shard_id, META_DEDUP), shard_prefix(shard_id, META_DEDUP_BY_INDEX + 1))
-}
-
-/// The shard id a `meta` or `raft` key belongs to.
-pub fn shard_of(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
-pub fn is_replica_state_key(key: &[u8]) -> bool {
-    key.len() == 9 && key[8] == META_REPLICA_STATE
 }
 
 #[cfg(test)]
@@ -220,14 +170,5 @@ mod tests {
         assert!(top < hi);
         let (lo, hi) = data_range(10, 20);
         assert_eq!((lo, hi), (10u64.to_be_bytes().to_vec(), 20u64.to_be_bytes().to_vec()));
-    }
-
-    #[test]
-    fn raft_keys_order_by_shard_then_index() {
-        assert!(raft_log_key(1, u64::MAX) < raft_log_key(2, 0));
-        assert!(raft_log_key(1, 2) < raft_log_key(1, 10));
-        assert_eq!(raft_log_index(&raft_log_key(7, 99)), Some(99));
-        let (lo, hi) = shard_all_range(7);
-        assert!(lo <= raft_hard_state_key(7) && raft_hard_state_key(7) < hi);
     }
 }

@@ -2,9 +2,10 @@
 //! RocksDB, replicates their writes to other storenodes, and serves the
 //! ShardKv API.
 //!
-//! - [`engine`] and [`keys`]: the shared RocksDB and its key layout.
-//! - [`raft`]: the multi-Raft machinery (storage, loop, snapshots, transport).
-//! - [`shard`]: the key-value state machine of one shard.
+//! - [`ringkv_raft`] (its own crate): the multi-Raft engine over the node's
+//!   one RocksDB; this crate plugs the shard state machine into it.
+//! - [`keys`]: the layout of shard data and de-dup records.
+//! - [`shard`]: the key-value state machine of one shard and its descriptor.
 //! - [`service`]: gRPC handlers; [`server`] wires everything into a process.
 //! - [`heartbeat`] and [`placement_client`]: registration and reports to placement.
 
@@ -13,18 +14,19 @@
 #![allow(clippy::result_large_err)]
 
 pub mod config;
-pub mod engine;
 pub mod error;
 pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
-pub mod net;
 pub mod placement_client;
-pub mod raft;
 pub mod server;
 pub mod service;
 pub mod shard;
 pub mod testkit;
+
+/// The engine crate, re-exported for the processes built on the storenode.
+pub use ringkv_raft as raft;
+pub use ringkv_raft::{engine, net};
 
 pub use config::StorenodeConfig;
 pub use error::{Error, Result};

@@ -19,13 +19,13 @@ use crate::error::Error;
 use crate::heartbeat::Heartbeat;
 use crate::metrics::Metrics;
 use crate::placement_client::PlacementClient;
-use crate::raft::node::{RaftNode, MAX_GRPC_MESSAGE_BYTES};
-use crate::raft::raft_loop::LoopHandle;
-use crate::raft::transport::AddressBook;
 use crate::service::admin::AdminService;
 use crate::service::kv::KvService;
 use crate::shard::ShardStateMachine;
 use ringkv_proto::placement::RegisterNodeRequest;
+use ringkv_raft::node::{RaftNode, MAX_GRPC_MESSAGE_BYTES};
+use ringkv_raft::transport::AddressBook;
+use ringkv_raft::LoopHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -166,14 +166,15 @@ impl Storenode {
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
         crate::net::set_source_from(grpc_addr);
-        let open_err = |source| StartError::Open { path: cfg.data_dir.clone(), source };
+        let open_err = |e: ringkv_raft::Error| StartError::Open { path: cfg.data_dir.clone(), source: e.into() };
         let raft = RaftNode::open(
             node_id,
             cfg.data_dir.clone(),
             &cfg.raft,
             book.clone(),
-            metrics.clone(),
+            metrics.raft.clone(),
             ShardStateMachine::default,
+            exit_on_loop_death,
         )
         .await
         .map_err(open_err)?;
@@ -188,7 +189,9 @@ impl Storenode {
             .add_service(raft.raft_service().map_err(open_err)?);
         serving.grpc(listener, routes)?;
         let m = metrics.clone();
-        let http_addr = serving.http(cfg.http_addr, move || m.render(), || true, HttpRouter::new()).await?;
+        let running = raft.running_flag();
+        let ready = move || running.load(std::sync::atomic::Ordering::SeqCst);
+        let http_addr = serving.http(cfg.http_addr, move || m.render(), ready, HttpRouter::new()).await?;
         if !cfg.placement.is_empty() {
             let advertise = cfg.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
             let hb = Heartbeat {
@@ -222,6 +225,15 @@ impl Storenode {
     }
 }
 
+/// The Raft loop thread ended without being asked to (it panics only when
+/// the node's synced write fails, after which nothing it promised can be
+/// trusted): take the process down so its supervisor restarts it, rather
+/// than live on serving nothing with healthy-looking health checks.
+fn exit_on_loop_death() {
+    tracing::error!("the Raft loop thread died: aborting so that a supervisor restarts the storenode");
+    std::process::abort();
+}
+
 impl StorenodeHandle {
     /// Stops serving, then stops the Raft loop and waits for it. Requests in
     /// flight get their answer or "outcome unknown".
@@ -234,6 +246,7 @@ impl StorenodeHandle {
         }
     }
 
+    /// The Raft loop's inbox.
     pub fn loop_handle(&self) -> &LoopHandle<ShardStateMachine> {
         &self.loop_handle
     }

@@ -314,7 +314,7 @@ impl ShardClient {
     }
 
     fn context(shard: &ShardDescriptor, request_id: &[u8]) -> RequestContext {
-        RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: request_id.to_vec() }
+        RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: request_id.to_vec(), timeout_ms: 0 }
     }
 
     /// Runs `f` against the shard of `key` until it succeeds, fails for good,

@@ -28,7 +28,7 @@ async fn local_read(c: &LocalCluster, node: u64, key: &[u8]) -> Option<Option<Ve
     let mut kv = ShardKvClient::new(connect(&c.addr(node)).await.ok()?);
     let r = kv
         .get(GetRequest {
-            context: Some(RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: vec![] }),
+            context: Some(RequestContext { shard_id: shard.id, epoch: shard.epoch, request_id: vec![], timeout_ms: 0 }),
             key: key.to_vec(),
             consistency: ReadConsistency::Stale as i32,
         })
@@ -100,6 +100,7 @@ async fn bad_input_is_refused_and_nothing_written() {
             shard_id,
             epoch: Some(ringkv_proto::meta::Epoch { version, conf_ver: 1 }),
             request_id: vec![],
+            timeout_ms: 0,
         }),
         key: b"x".to_vec(),
         value: b"v".to_vec(),
@@ -179,7 +180,7 @@ async fn lagging_node_catches_up_by_snapshot_after_compaction() {
     .await;
     assert_eq!(local_read(&c, 3, b"{s}k5").await, Some(Some(b"v5".to_vec())));
     assert_eq!(local_read(&c, 3, b"{s}before").await, Some(None), "deleted key gone after snapshot");
-    let applied = c.node(3).unwrap().metrics.snapshots.with_label_values(&["applied"]).get();
+    let applied = c.node(3).unwrap().metrics.raft.snapshots.with_label_values(&["applied"]).get();
     assert!(applied >= 1, "node 3 applied a snapshot");
     c.shutdown().await;
 }

@@ -119,10 +119,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut fsyncs = 0;
     let (mut readies, mut msgs, mut batches) = (0.0, 0u64, 0u64);
     for n in cluster.nodes.iter().flatten() {
-        fsyncs += n.metrics.raft_fsyncs.get();
-        readies += n.metrics.raft_readies_per_fsync.get_sample_sum();
-        msgs += n.metrics.raft_messages_sent.get();
-        batches += n.metrics.raft_message_batches_sent.get();
+        fsyncs += n.metrics.raft.raft_fsyncs.get();
+        readies += n.metrics.raft.raft_readies_per_fsync.get_sample_sum();
+        msgs += n.metrics.raft.raft_messages_sent.get();
+        batches += n.metrics.raft.raft_message_batches_sent.get();
     }
     println!(
         "raft: {fsyncs} fsyncs, {:.1} replica Readies per fsync, {:.1} messages per batch",

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ringkv_placement::{PlacementConfig, PlacementServer, PlacementSettings};
-use ringkv_storenode::config::RaftSettings;
+use ringkv_raft::RaftConfig;
 
 /// Flags, or the same keys in a TOML file (`--config`); a flag wins over
 /// the file, the file over the default.
@@ -97,7 +97,10 @@ pub fn config(a: Args) -> anyhow::Result<PlacementConfig> {
     if settings.replication_factor == 0 || settings.initial_shards == 0 || settings.down_after.is_zero() {
         bail!("replication factor, initial shards and down-after must be at least 1");
     }
-    let raft = RaftSettings { tick_ms: a.raft_tick_ms.unwrap_or(100).max(1), ..Default::default() };
+    let raft = RaftConfig {
+        tick_ms: a.raft_tick_ms.unwrap_or(ringkv_raft::config::DEFAULT_TICK_MS).max(1),
+        ..Default::default()
+    };
     Ok(PlacementConfig {
         member_id: id,
         listen_addr: listen,

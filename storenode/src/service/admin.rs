@@ -12,11 +12,42 @@ use ringkv_proto::raft::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::error::{Error, Result};
-use crate::raft::raft_loop::{LoopHandle, Msg};
-use crate::raft::transport::AddressBook;
-use crate::shard::ShardStateMachine;
+use ringkv_proto::raft::{ChangeKind, ReplicaStatus};
+use ringkv_raft::raft_loop::{MemberChange, MemberChangeKind, ReplicaCondition};
+use ringkv_raft::transport::AddressBook;
+use ringkv_raft::{LoopHandle, LoopRequest};
 
+use crate::error::{Error, Result};
+use crate::shard::{to_member, Shard, ShardStateMachine};
+
+/// A replica's status on the wire.
+pub fn status_to_proto(s: ringkv_raft::raft_loop::ReplicaStatus<Shard>) -> ReplicaStatus {
+    let (applying_snapshot, failure) = match s.condition {
+        ReplicaCondition::Normal => (false, String::new()),
+        ReplicaCondition::ApplyingSnapshot => (true, String::new()),
+        ReplicaCondition::Failed(reason) => (false, reason),
+    };
+    let mut shard = s.group.0;
+    if shard.id == 0 {
+        shard.id = s.group_id; // a failed replica whose descriptor could not be read
+    }
+    ReplicaStatus {
+        shard: Some(shard),
+        replica_id: s.replica_id,
+        is_leader: s.is_leader,
+        leader_replica_id: s.leader_replica_id,
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        first_log_index: s.first_log_index,
+        last_log_index: s.last_log_index,
+        progress: s.progress,
+        applying_snapshot,
+        failure,
+    }
+}
+
+/// The Admin service of one storenode.
 pub struct AdminService {
     node_id: u64,
     loop_handle: LoopHandle<ShardStateMachine>,
@@ -25,6 +56,7 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// The service of node `node_id`; calls wait at most `timeout`.
     pub fn new(
         node_id: u64,
         loop_handle: LoopHandle<ShardStateMachine>,
@@ -52,7 +84,10 @@ impl Admin for AdminService {
         let shard = req.shard.ok_or_else(|| Status::from(Error::invalid("shard", "missing")))?;
         let (replica_id, bootstrap, campaign) = (req.replica_id, req.bootstrap, req.campaign);
         self.timed(async {
-            self.loop_handle.call(|cb| Msg::CreateReplica { shard, replica_id, bootstrap, campaign, cb }).await?;
+            let group = Shard(shard);
+            self.loop_handle
+                .call(|cb| LoopRequest::CreateReplica { group, replica_id, bootstrap, campaign, cb })
+                .await?;
             Ok(CreateReplicaResponse {})
         })
         .await
@@ -62,9 +97,9 @@ impl Admin for AdminService {
         &self,
         req: Request<RemoveReplicaRequest>,
     ) -> Result<Response<RemoveReplicaResponse>, Status> {
-        let shard_id = req.into_inner().shard_id;
+        let group_id = req.into_inner().shard_id;
         self.timed(async {
-            self.loop_handle.call(|cb| Msg::RemoveReplica { shard_id, cb }).await?;
+            self.loop_handle.call(|cb| LoopRequest::RemoveReplica { group_id, cb }).await?;
             Ok(RemoveReplicaResponse {})
         })
         .await
@@ -75,10 +110,25 @@ impl Admin for AdminService {
         req: Request<ChangeReplicasRequest>,
     ) -> Result<Response<ChangeReplicasResponse>, Status> {
         let req = req.into_inner();
-        let (shard_id, epoch, changes) = (req.shard_id, req.epoch, req.changes);
+        let (group_id, expect) = (req.shard_id, req.epoch.map(|e| (e.version, e.conf_ver)));
+        let mut changes = Vec::with_capacity(req.changes.len());
+        for ch in req.changes {
+            let replica = ch.replica.ok_or_else(|| Status::from(Error::invalid("replica", "missing")))?;
+            let kind = match ChangeKind::try_from(ch.kind) {
+                Ok(ChangeKind::AddVoter) => MemberChangeKind::AddVoter,
+                Ok(ChangeKind::AddLearner) => MemberChangeKind::AddLearner,
+                Ok(ChangeKind::Remove) => MemberChangeKind::Remove,
+                Err(_) => return Err(Error::invalid("kind", "unknown").into()),
+            };
+            changes.push(MemberChange { kind, member: to_member(&replica) });
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
         self.timed(async {
-            let shard = self.loop_handle.call(|cb| Msg::ChangeReplicas { shard_id, epoch, changes, cb }).await?;
-            Ok(ChangeReplicasResponse { shard: Some(shard) })
+            let shard = self
+                .loop_handle
+                .call(|cb| LoopRequest::ChangeMembers { group_id, expect, changes, deadline, cb })
+                .await?;
+            Ok(ChangeReplicasResponse { shard: Some(shard.0) })
         })
         .await
     }
@@ -88,9 +138,9 @@ impl Admin for AdminService {
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         let req = req.into_inner();
-        let (shard_id, to_replica_id) = (req.shard_id, req.to_replica_id);
+        let (group_id, to_replica_id) = (req.shard_id, req.to_replica_id);
         self.timed(async {
-            self.loop_handle.call(|cb| Msg::TransferLeader { shard_id, to_replica_id, cb }).await?;
+            self.loop_handle.call(|cb| LoopRequest::TransferLeader { group_id, to_replica_id, cb }).await?;
             Ok(TransferLeaderResponse {})
         })
         .await
@@ -113,9 +163,8 @@ impl Admin for AdminService {
 
     async fn shard_status(&self, req: Request<ShardStatusRequest>) -> Result<Response<ShardStatusResponse>, Status> {
         let shard_ids = req.into_inner().shard_ids;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.loop_handle.send(Msg::Status { shard_ids, cb: tx })?;
-        let replicas = rx.await.map_err(|_| Status::from(Error::Stopped))?;
+        let replicas = self.loop_handle.status(shard_ids).await.map_err(Error::from)?;
+        let replicas = replicas.into_iter().map(status_to_proto).collect();
         Ok(Response::new(ShardStatusResponse { node_id: self.node_id, replicas }))
     }
 }

@@ -16,18 +16,23 @@ use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as CmdResult, ShardCommand};
 use tonic::{Request, Response, Status};
 
+use ringkv_raft::engine::{Cf, Engine};
+use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
+
 use crate::config::Limits;
-use crate::engine::{Cf, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::raft::raft_loop::{LoopHandle, Msg};
 use crate::shard::{decode_value, into_result, ShardStateMachine};
 
 const MAX_REQUEST_ID_BYTES: usize = 64;
+/// How long past a request's deadline the service waits for the loop's own
+/// answer (the loop checks deadlines on its tick) before giving up on it.
+const LOOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Pairs one Scan call returns at most.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 
+/// The ShardKv service of one storenode.
 pub struct KvService {
     loop_handle: LoopHandle<ShardStateMachine>,
     engine: Engine,
@@ -44,6 +49,7 @@ pub struct KvService {
 pub const UNSAFE_LOCAL_READS_ENV: &str = "RINGKV_UNSAFE_LOCAL_READS";
 
 impl KvService {
+    /// The service over a storenode's loop and engine.
     pub fn new(
         loop_handle: LoopHandle<ShardStateMachine>,
         engine: Engine,
@@ -95,37 +101,58 @@ impl KvService {
         Ok(c)
     }
 
-    /// Proposes a write and waits for its result. Past the timeout, or if the
-    /// loop goes away, the outcome is unknown: reported as ambiguous.
+    /// When the storenode stops waiting for a request: what the caller has
+    /// left of its deadline (`timeout_ms`), capped by the node's own limit.
+    fn deadline(&self, ctx: &RequestContext) -> Instant {
+        let own = self.limits.request_timeout();
+        let callers = std::time::Duration::from_millis(ctx.timeout_ms as u64);
+        Instant::now() + if ctx.timeout_ms == 0 { own } else { own.min(callers) }
+    }
+
+    /// Proposes a write and waits for its result. The loop answers by the
+    /// deadline (ambiguous if the entry may still apply); the timeout here
+    /// only guards against a loop that stopped answering.
     async fn write(&self, ctx: &RequestContext, op: Op) -> Result<CmdResult> {
         let cmd = ShardCommand {
             request_id: ctx.request_id.clone(),
             epoch_version: ctx.epoch.as_ref().map_or(0, |e| e.version),
             op: Some(op),
         };
-        let (shard_id, version) = (ctx.shard_id, ctx.epoch.as_ref().map(|e| e.version));
-        let call = self.loop_handle.call(|cb| Msg::Propose { shard_id, epoch_version: version, cmd, cb });
-        match tokio::time::timeout(self.limits.request_timeout(), call).await {
+        let (group_id, deadline) = (ctx.shard_id, self.deadline(ctx));
+        let call = self.loop_handle.call(|cb| LoopRequest::Propose { group_id, cmd, deadline, cb });
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + LOOP_GRACE, call).await {
             Ok(Ok(r)) => into_result(r),
-            Ok(Err(Error::Stopped)) => Err(Error::Ambiguous("storenode stopped before the write finished".into())),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(ringkv_raft::Error::Stopped)) => {
+                Err(Error::Ambiguous("storenode stopped before the write finished".into()))
+            }
+            Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(Error::Ambiguous("timed out waiting for the write to apply".into())),
         }
     }
 
-    /// Waits until reading `shard_id` at `consistency` is safe; returns the shard.
+    /// Waits until reading `shard_id` at `consistency` is safe; returns the
+    /// shard, refused if it is not the epoch the request was routed with.
     async fn read_barrier(&self, ctx: &RequestContext, consistency: i32) -> Result<ShardDescriptor> {
-        let mut consistency =
+        let consistency =
             ReadConsistency::try_from(consistency).map_err(|_| Error::invalid("consistency", "unknown value"))?;
-        if self.unsafe_local_reads && consistency == ReadConsistency::Linearizable {
-            consistency = ReadConsistency::Stale;
+        let mode = match consistency {
+            ReadConsistency::Linearizable if self.unsafe_local_reads => ReadMode::Local,
+            ReadConsistency::Linearizable => ReadMode::Leader,
+            ReadConsistency::Follower => ReadMode::Follower,
+            ReadConsistency::Stale => ReadMode::Local,
+        };
+        let (group_id, deadline) = (ctx.shard_id, self.deadline(ctx));
+        let call = self.loop_handle.call(|cb| LoopRequest::Read { group_id, mode, deadline, cb });
+        let shard = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + LOOP_GRACE, call).await {
+            Ok(r) => r.map_err(Error::from)?.0,
+            Err(_) => return Err(Error::Retryable("timed out waiting for a read index".into())),
+        };
+        if let Some(e) = &ctx.epoch {
+            if shard.epoch.as_ref().map_or(0, |x| x.version) != e.version {
+                return Err(Error::EpochMismatch(Box::new(shard)));
+            }
         }
-        let (shard_id, version) = (ctx.shard_id, ctx.epoch.as_ref().map(|e| e.version));
-        let call = self.loop_handle.call(|cb| Msg::Read { shard_id, epoch_version: version, consistency, cb });
-        match tokio::time::timeout(self.limits.request_timeout(), call).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Retryable("timed out waiting for a read index".into())),
-        }
+        Ok(shard)
     }
 
     async fn read_keys(&self, shard: ShardDescriptor, keys_: Vec<Vec<u8>>) -> Result<Vec<GetResult>> {

@@ -16,11 +16,14 @@ use ringkv_proto::storage::{
     shard_command::Op, shard_command_result::Result as CmdResult, DedupRecord, ShardCommand, ShardCommandResult,
 };
 
-use crate::engine::Cf;
+use ringkv_raft::engine::Cf;
+use ringkv_raft::{ApplyContext, Group, StateMachine};
+
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::raft::snapshot::StateRange;
-use crate::raft::state_machine::{ApplyContext, StateMachine};
+
+mod descriptor;
+pub use descriptor::{to_member, to_replica, Shard};
 
 const VALUE_FORMAT_V1: u8 = 1;
 
@@ -28,9 +31,12 @@ const VALUE_FORMAT_V1: u8 = 1;
 /// retry later than that (minutes at any realistic write rate, far beyond a
 /// client's deadline) is treated as a new request.
 pub const DEDUP_WINDOW_ENTRIES: u64 = 200_000;
-/// Expired records are removed every this many entries, at most this many at once.
+/// Expired records are removed every this many entries: at index `i` (a
+/// multiple of it), the records written in `[i - WINDOW - EVERY, i - WINDOW)`.
+/// Each sweep covers its own slice of indexes, at most one record per entry,
+/// so what a sweep removes depends only on the entries applied, never on how
+/// they were grouped into passes: every replica holds the same table.
 const DEDUP_GC_EVERY: u64 = 1024;
-const DEDUP_GC_MAX: usize = 4096;
 
 pub fn encode_value(v: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() + 2);
@@ -47,6 +53,7 @@ pub fn decode_value(stored: &[u8]) -> Result<&[u8]> {
     }
 }
 
+/// The key-value state machine of a shard (stateless: everything is in RocksDB).
 #[derive(Default)]
 pub struct ShardStateMachine;
 
@@ -70,15 +77,15 @@ fn check_key(shard: &ShardDescriptor, key: &[u8]) -> Result<()> {
 }
 
 impl ShardStateMachine {
-    fn read(ctx: &ApplyContext<'_>, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn read(ctx: &ApplyContext<'_, Shard>, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match ctx.get(Cf::Data, &keys::data_key(key))? {
             Some(v) => Ok(Some(decode_value(&v)?.to_vec())),
             None => Ok(None),
         }
     }
 
-    fn execute(ctx: &mut ApplyContext<'_>, op: Op) -> Result<CmdResult> {
-        let shard = ctx.shard;
+    fn execute(ctx: &mut ApplyContext<'_, Shard>, op: Op) -> Result<CmdResult> {
+        let shard = &ctx.group.0;
         Ok(match op {
             Op::Put(p) => {
                 check_key(shard, &p.key)?;
@@ -152,14 +159,17 @@ impl ShardStateMachine {
         })
     }
 
-    /// Drops de-dup records older than the window, a bounded number at a time.
-    fn expire_dedup(ctx: &mut ApplyContext<'_>) -> Result<()> {
-        if !ctx.index.is_multiple_of(DEDUP_GC_EVERY) || ctx.index <= DEDUP_WINDOW_ENTRIES {
+    /// Drops the de-dup records that left the window at this entry (see
+    /// [`DEDUP_GC_EVERY`]).
+    fn expire_dedup(ctx: &mut ApplyContext<'_, Shard>) -> Result<()> {
+        if !ctx.index.is_multiple_of(DEDUP_GC_EVERY) || ctx.index < DEDUP_WINDOW_ENTRIES + DEDUP_GC_EVERY {
             return Ok(());
         }
-        let shard_id = ctx.shard.id;
-        let (lo, hi) = keys::meta_dedup_by_index_range(shard_id, ctx.index - DEDUP_WINDOW_ENTRIES);
-        for k in ctx.scan_committed(Cf::Meta, &lo, &hi, DEDUP_GC_MAX)? {
+        let shard_id = ctx.group.id;
+        let below = ctx.index - DEDUP_WINDOW_ENTRIES;
+        let (_, lo) = keys::meta_dedup_by_index_range(shard_id, below - DEDUP_GC_EVERY);
+        let (_, hi) = keys::meta_dedup_by_index_range(shard_id, below);
+        for k in ctx.scan_keys(Cf::Meta, &lo, &hi, DEDUP_GC_EVERY as usize + 1)? {
             let id = keys::dedup_by_index_request_id(&k).to_vec();
             ctx.delete(Cf::Meta, &keys::meta_dedup_key(shard_id, &id));
             ctx.delete(Cf::Meta, &k);
@@ -171,10 +181,33 @@ impl ShardStateMachine {
 impl StateMachine for ShardStateMachine {
     type Command = ShardCommand;
     type Response = ShardCommandResult;
+    type Group = Shard;
 
-    fn apply(&mut self, ctx: &mut ApplyContext<'_>, cmd: ShardCommand) -> Result<ShardCommandResult> {
+    fn apply(
+        &mut self,
+        ctx: &mut ApplyContext<'_, Shard>,
+        cmd: ShardCommand,
+    ) -> ringkv_raft::Result<ShardCommandResult> {
+        self.apply_command(ctx, cmd).map_err(|e| ringkv_raft::Error::Corrupt(format!("shard {}: {e}", ctx.group.id)))
+    }
+
+    fn undecodable(&self, reason: String) -> ShardCommandResult {
+        err_result(Error::invalid("command", format!("undecodable: {reason}")))
+    }
+
+    /// A write routed with another epoch version is refused before it takes
+    /// a log slot (apply re-checks, since the epoch may change meanwhile).
+    fn check_proposal(shard: &Shard, cmd: &ShardCommand) -> Option<ShardCommandResult> {
+        (cmd.epoch_version != shard.version()).then(|| err_result(Error::EpochMismatch(Box::new(shard.0.clone()))))
+    }
+}
+
+impl ShardStateMachine {
+    /// Applies one command. `Err` is a local failure (a record on this node
+    /// that does not decode, a read error): the engine fences the replica.
+    fn apply_command(&mut self, ctx: &mut ApplyContext<'_, Shard>, cmd: ShardCommand) -> Result<ShardCommandResult> {
         Self::expire_dedup(ctx)?;
-        let shard_id = ctx.shard.id;
+        let shard_id = ctx.group.id;
         let dedup_key = (!cmd.request_id.is_empty()).then(|| keys::meta_dedup_key(shard_id, &cmd.request_id));
         if let Some(k) = &dedup_key {
             if let Some(b) = ctx.get(Cf::Meta, k)? {
@@ -183,10 +216,10 @@ impl StateMachine for ShardStateMachine {
                 return Ok(expand(rec.result.unwrap_or_default(), &cmd));
             }
         }
-        let version = ctx.shard.epoch.as_ref().map_or(0, |e| e.version);
+        let version = ctx.group.version();
         let result = if cmd.epoch_version != version {
             // Routed with an old range: refuse, the router refreshes and retries.
-            err_result(Error::EpochMismatch(Box::new(ctx.shard.clone())))
+            err_result(Error::EpochMismatch(Box::new(ctx.group.0.clone())))
         } else {
             match cmd.op {
                 Some(op) => match Self::execute(ctx, op) {
@@ -208,16 +241,6 @@ impl StateMachine for ShardStateMachine {
             ctx.put(Cf::Meta, &keys::meta_dedup_by_index_key(shard_id, ctx.index, &cmd.request_id), &[]);
         }
         Ok(result)
-    }
-
-    fn undecodable(&self, reason: String) -> ShardCommandResult {
-        err_result(Error::invalid("command", reason))
-    }
-
-    fn state_ranges(shard: &ShardDescriptor) -> Vec<StateRange> {
-        let (lo, hi) = keys::data_range(shard.start, shard.end);
-        let (dlo, dhi) = keys::meta_dedup_range(shard.id);
-        vec![StateRange { cf: Cf::Data, lo, hi }, StateRange { cf: Cf::Meta, lo: dlo, hi: dhi }]
     }
 }
 
@@ -294,11 +317,17 @@ mod tests {
     use ringkv_proto::meta::Epoch;
 
     use super::*;
-    use crate::engine::Engine;
-    use crate::raft::state_machine::ApplyBatch;
+    use ringkv_raft::engine::Engine;
+    use ringkv_raft::state_machine::ApplyBatch;
 
-    fn shard() -> ShardDescriptor {
-        ShardDescriptor { id: 1, start: 0, end: 0, epoch: Some(Epoch { version: 1, conf_ver: 1 }), replicas: vec![] }
+    fn shard() -> Shard {
+        Shard(ShardDescriptor {
+            id: 1,
+            start: 0,
+            end: 0,
+            epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+            replicas: vec![],
+        })
     }
 
     fn cmd(request_id: &[u8], op: Op) -> ShardCommand {
@@ -325,7 +354,7 @@ mod tests {
         let mut record_sizes = Vec::new();
         for (i, c) in cmds.into_iter().enumerate() {
             let id = c.request_id.clone();
-            let mut ctx = ApplyContext { shard: &shard, index: i as u64 + 1, engine: &engine, batch: &mut batch };
+            let mut ctx = batch.context(&engine, &shard, i as u64 + 1);
             out.push(sm.apply(&mut ctx, c).unwrap());
             let rec = ctx.get(Cf::Meta, &keys::meta_dedup_key(1, &id)).unwrap();
             record_sizes.push(rec.map_or(0, |r| r.len()));

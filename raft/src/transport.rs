@@ -8,8 +8,14 @@
 //!
 //! Snapshots travel on their own RPC, one stream per snapshot, the file read
 //! and sent in 1 MiB chunks, so a shard of any size costs bounded memory.
-//! The receiver writes the file, fsyncs it, checks its size and checksum, and
-//! only then gives the Raft message to its loop.
+//! The receiver writes the file under a name of its own (two transfers of one
+//! snapshot never share a file), checks size and checksum as it streams,
+//! fsyncs it, reads it back from disk to check the checksum again, and only
+//! then gives the Raft message to its loop; a file that fails any check is
+//! deleted and the sender told, so its leader sends a new one. Sends and
+//! receives are bounded in number and share a bytes-per-second budget each
+//! way ([`crate::RaftConfig`]), so snapshots cannot starve the node's disk
+//! and network of Raft traffic.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,42 +25,98 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use protobuf::Message as _;
 use raft::prelude::{Message as RaftMsg, MessageType};
-use ringkv_proto::raft::raft_transport_client::RaftTransportClient;
-use ringkv_proto::raft::raft_transport_server::RaftTransport;
-use ringkv_proto::raft::{Done, RaftBatch, RaftMessage, SnapshotChunk};
+use ringkv_proto::engine::raft_transport_client::RaftTransportClient;
+use ringkv_proto::engine::raft_transport_server::RaftTransport;
+use ringkv_proto::engine::{Done, RaftBatch, RaftMessage, SnapshotChunk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::metrics::Metrics;
-use crate::raft::raft_loop::{LoopHandle, Msg, Transport};
-use crate::raft::snapshot::{self, SnapshotDir};
-use crate::raft::state_machine::StateMachine;
+use crate::config::RaftConfig;
+use crate::metrics::RaftMetrics;
+use crate::raft_loop::{LoopHandle, LoopRequest, Transport};
+use crate::snapshot::{self, SnapshotDir};
+use crate::state_machine::StateMachine;
 
 /// Batches queued per peer before new ones are dropped.
 const PEER_QUEUE_BATCHES: usize = 1024;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Snapshots sent at once by this node.
-const MAX_SNAPSHOT_SENDS: usize = 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Node id -> gRPC address of every storenode this one talks to.
+/// Node id -> gRPC address of every node this one talks to.
 #[derive(Default)]
 pub struct AddressBook(RwLock<HashMap<u64, String>>);
 
 impl AddressBook {
+    /// The address of a node, if known.
     pub fn get(&self, node_id: u64) -> Option<String> {
         self.0.read().get(&node_id).cloned()
     }
 
+    /// Sets (or replaces) the address of a node.
     pub fn set(&self, node_id: u64, address: String) {
         self.0.write().insert(node_id, address);
     }
 }
 
+/// A shared bytes-per-second budget: callers reserve bytes and wait until the
+/// budget has room for them (a token bucket with one second of burst).
+pub struct RateLimiter {
+    bytes_per_sec: u64,
+    next_free: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    /// A limiter of `bytes_per_sec` (0: unlimited).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        RateLimiter { bytes_per_sec, next_free: tokio::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+
+    /// Waits until `bytes` more fit in the budget.
+    pub async fn consume(&self, bytes: usize) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        const BURST: Duration = Duration::from_secs(1);
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let wait_until = {
+            let mut next = self.next_free.lock().await;
+            let now = tokio::time::Instant::now();
+            // `next` is when the budget spent so far is paid off; up to one
+            // second of budget unused in the past may be spent at once.
+            let start = (*next).max(now.checked_sub(BURST).unwrap_or(now));
+            *next = start + cost;
+            next.checked_sub(BURST).unwrap_or(now)
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+}
+
+/// Snapshot traffic limits shared by every transfer of a node.
+pub struct SnapshotLimits {
+    sends: Arc<Semaphore>,
+    receives: Arc<Semaphore>,
+    send_rate: RateLimiter,
+    receive_rate: RateLimiter,
+}
+
+impl SnapshotLimits {
+    /// Limits from the engine's config.
+    pub fn new(cfg: &RaftConfig) -> Arc<Self> {
+        Arc::new(SnapshotLimits {
+            sends: Arc::new(Semaphore::new(cfg.max_snapshot_sends)),
+            receives: Arc::new(Semaphore::new(cfg.max_snapshot_receives)),
+            send_rate: RateLimiter::new(cfg.snapshot_bytes_per_sec),
+            receive_rate: RateLimiter::new(cfg.snapshot_bytes_per_sec),
+        })
+    }
+}
+
+/// The outbound side: one queue and stream task per peer node, plus one task
+/// per snapshot being sent.
 pub struct GrpcTransport<S: StateMachine> {
     node_id: u64,
     book: Arc<AddressBook>,
@@ -62,27 +124,21 @@ pub struct GrpcTransport<S: StateMachine> {
     peers: Mutex<HashMap<u64, mpsc::Sender<RaftBatch>>>,
     /// Set once the loop exists (the loop is built with its transport).
     loop_handle: Arc<OnceLock<LoopHandle<S>>>,
-    snapshot_sends: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
+    limits: Arc<SnapshotLimits>,
+    metrics: Arc<RaftMetrics>,
 }
 
 impl<S: StateMachine> GrpcTransport<S> {
+    /// A transport for node `node_id`; `loop_handle` is set once the loop exists.
     pub fn new(
         node_id: u64,
         book: Arc<AddressBook>,
         rt: tokio::runtime::Handle,
         loop_handle: Arc<OnceLock<LoopHandle<S>>>,
-        metrics: Arc<Metrics>,
+        limits: Arc<SnapshotLimits>,
+        metrics: Arc<RaftMetrics>,
     ) -> Self {
-        GrpcTransport {
-            node_id,
-            book,
-            rt,
-            peers: Mutex::new(HashMap::new()),
-            loop_handle,
-            snapshot_sends: Arc::new(Semaphore::new(MAX_SNAPSHOT_SENDS)),
-            metrics,
-        }
+        GrpcTransport { node_id, book, rt, peers: Mutex::new(HashMap::new()), loop_handle, limits, metrics }
     }
 
     fn peer_queue(&self, node_id: u64) -> mpsc::Sender<RaftBatch> {
@@ -105,9 +161,10 @@ impl<S: StateMachine> GrpcTransport<S> {
     }
 }
 
-fn report<S: StateMachine>(h: &OnceLock<LoopHandle<S>>, m: Msg<S>) {
+fn report<S: StateMachine>(h: &OnceLock<LoopHandle<S>>, m: LoopRequest<S>) {
     if let Some(h) = h.get() {
-        let _ = h.send(m);
+        // Reports matter more than new work: they bypass the inbox bound.
+        let _ = h.send_internal(m);
     }
 }
 
@@ -117,20 +174,20 @@ impl<S: StateMachine> Transport for GrpcTransport<S> {
     }
 
     fn send_snapshot(&self, node_id: u64, to_replica: u64, msg: RaftMessage, path: PathBuf) {
-        let (book, lh, sem) = (self.book.clone(), self.loop_handle.clone(), self.snapshot_sends.clone());
-        let shard_id = msg.shard_id;
+        let (book, lh, limits) = (self.book.clone(), self.loop_handle.clone(), self.limits.clone());
+        let group_id = msg.group_id;
         self.rt.spawn(async move {
-            let ok = match sem.acquire_owned().await {
-                Ok(_permit) => match send_snapshot_file(&book, node_id, msg, &path).await {
+            let ok = match limits.sends.clone().acquire_owned().await {
+                Ok(_permit) => match send_snapshot_file(&book, node_id, msg, &path, &limits.send_rate).await {
                     Ok(()) => true,
                     Err(e) => {
-                        tracing::warn!(shard_id, node_id, "sending snapshot: {e}");
+                        tracing::warn!(group_id, node_id, "sending snapshot: {e}");
                         false
                     }
                 },
                 Err(_) => false,
             };
-            report(&lh, Msg::SnapshotSent { shard_id, to: to_replica, ok });
+            report(&lh, LoopRequest::SnapshotSent { group_id, to: to_replica, ok });
         });
     }
 
@@ -144,7 +201,7 @@ struct PeerTask<S: StateMachine> {
     node_id: u64,
     book: Arc<AddressBook>,
     loop_handle: Arc<OnceLock<LoopHandle<S>>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RaftMetrics>,
 }
 
 impl<S: StateMachine> PeerTask<S> {
@@ -158,7 +215,7 @@ impl<S: StateMachine> PeerTask<S> {
                     StreamEnd::Failed => {}
                 }
             }
-            report(&self.loop_handle, Msg::Unreachable { node_id: self.node_id });
+            report(&self.loop_handle, LoopRequest::Unreachable { node_id: self.node_id });
             // Messages queued while the peer is away are stale by the time it
             // is back; Raft will send what is still needed.
             while let Ok(b) = rx.try_recv() {
@@ -225,6 +282,7 @@ async fn send_snapshot_file(
     node_id: u64,
     header: RaftMessage,
     path: &std::path::Path,
+    rate: &RateLimiter,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = book.get(node_id).ok_or("unknown node address")?;
     let mut client = RaftTransportClient::new(crate::net::connect(&addr).await?);
@@ -241,6 +299,7 @@ async fn send_snapshot_file(
                 return Ok::<(), std::io::Error>(());
             }
             buf.truncate(n);
+            rate.consume(n).await;
             if tx.send(SnapshotChunk { header: None, data: buf }).await.is_err() {
                 return Ok(());
             }
@@ -257,12 +316,20 @@ pub struct RaftService<S: StateMachine> {
     node_id: u64,
     loop_handle: LoopHandle<S>,
     snap_dir: SnapshotDir,
-    metrics: Arc<Metrics>,
+    limits: Arc<SnapshotLimits>,
+    metrics: Arc<RaftMetrics>,
 }
 
 impl<S: StateMachine> RaftService<S> {
-    pub fn new(node_id: u64, loop_handle: LoopHandle<S>, snap_dir: SnapshotDir, metrics: Arc<Metrics>) -> Self {
-        RaftService { node_id, loop_handle, snap_dir, metrics }
+    /// The service of node `node_id`, feeding `loop_handle`.
+    pub fn new(
+        node_id: u64,
+        loop_handle: LoopHandle<S>,
+        snap_dir: SnapshotDir,
+        limits: Arc<SnapshotLimits>,
+        metrics: Arc<RaftMetrics>,
+    ) -> Self {
+        RaftService { node_id, loop_handle, snap_dir, limits, metrics }
     }
 
     fn decode(&self, m: &RaftMessage) -> Result<RaftMsg, Status> {
@@ -274,6 +341,40 @@ impl<S: StateMachine> RaftService<S> {
         }
         RaftMsg::parse_from_bytes(&m.message)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    }
+
+    /// Streams a snapshot file to `tmp`, checking size and checksum on the
+    /// way, fsyncs it, then re-reads it from disk (off the async workers) to
+    /// check the checksum of what is actually stored.
+    async fn receive_file(
+        &self,
+        stream: &mut Streaming<SnapshotChunk>,
+        tmp: &std::path::Path,
+        data: &ringkv_proto::engine::SnapshotData,
+    ) -> Result<(), Status> {
+        let mut file = tokio::fs::File::create(tmp).await?;
+        let (mut size, mut hash) = (0u64, Xxh3::new());
+        while let Some(chunk) = stream.message().await? {
+            size += chunk.data.len() as u64;
+            if size > data.file_size {
+                return Err(Status::invalid_argument("snapshot larger than announced"));
+            }
+            self.limits.receive_rate.consume(chunk.data.len()).await;
+            hash.update(&chunk.data);
+            file.write_all(&chunk.data).await?;
+        }
+        if size != data.file_size || hash.digest() != data.file_checksum {
+            return Err(Status::data_loss("snapshot file size or checksum mismatch"));
+        }
+        // The replica's state will point at this file before its data is
+        // written: it must be on disk first.
+        file.sync_all().await?;
+        drop(file);
+        let (path, data) = (tmp.to_path_buf(), data.clone());
+        tokio::task::spawn_blocking(move || snapshot::verify_file(&path, &data))
+            .await
+            .map_err(|e| Status::internal(format!("verifying snapshot: {e}")))?
+            .map_err(|e| Status::data_loss(e.to_string()))
     }
 }
 
@@ -287,10 +388,14 @@ impl<S: StateMachine> RaftTransport for RaftService<S> {
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     return Err(Status::invalid_argument("snapshots go through the Snapshot RPC"));
                 }
-                let shard_id = m.shard_id;
-                let from_node = m.from_node;
-                if self.loop_handle.send(Msg::Raft { shard_id, from_node, msg: Box::new(msg) }).is_err() {
-                    return Err(Status::unavailable("storenode stopping"));
+                self.metrics.raft_messages_received.inc();
+                let req = LoopRequest::Raft { group_id: m.group_id, from_node: m.from_node, msg: Box::new(msg) };
+                match self.loop_handle.try_send(req) {
+                    Ok(()) => {}
+                    // A full inbox drops peer traffic like a lossy network
+                    // would: Raft retransmits what is still needed.
+                    Err(crate::Error::Busy(_)) => self.metrics.raft_messages_dropped.inc(),
+                    Err(_) => return Err(Status::unavailable("node stopping")),
                 }
             }
         }
@@ -306,41 +411,32 @@ impl<S: StateMachine> RaftTransport for RaftService<S> {
             return Err(Status::invalid_argument("not a snapshot message"));
         }
         let md = msg.get_snapshot().get_metadata();
-        let data = snapshot::snapshot_data(msg.get_snapshot()).map_err(Status::from)?;
-        let path = self.snap_dir.received(header.shard_id, md.term, md.index);
-        let tmp = path.with_extension("tmp");
-        let mut file = tokio::fs::File::create(&tmp).await?;
-        let (mut size, mut hash) = (0u64, Xxh3::new());
-        let res: Result<(), Status> = async {
-            while let Some(chunk) = stream.message().await? {
-                size += chunk.data.len() as u64;
-                if size > data.file_size {
-                    return Err(Status::invalid_argument("snapshot larger than announced"));
-                }
-                hash.update(&chunk.data);
-                file.write_all(&chunk.data).await?;
-            }
-            if size != data.file_size || hash.digest() != data.file_checksum {
-                return Err(Status::data_loss("snapshot file size or checksum mismatch"));
-            }
-            // The replica's state will point at this file before its data is
-            // written: it must be on disk first.
-            file.sync_all().await?;
+        let refuse = |e: crate::Error| {
+            self.metrics.snapshots.with_label_values(&["refused"]).inc();
+            Status::invalid_argument(e.to_string())
+        };
+        let data = snapshot::snapshot_data(msg.get_snapshot()).map_err(refuse)?;
+        snapshot::snapshot_group::<S::Group>(&data, header.group_id).map_err(refuse)?;
+        let _permit = self.limits.receives.acquire().await.map_err(|_| Status::unavailable("node stopping"))?;
+        let path = self.snap_dir.received(header.group_id, md.term, md.index);
+        let tmp = self.snap_dir.receiving(header.group_id, md.term, md.index);
+        let res = async {
+            self.receive_file(&mut stream, &tmp, &data).await?;
             tokio::fs::rename(&tmp, &path).await?;
             if let Some(dir) = path.parent() {
                 tokio::fs::File::open(dir).await?.sync_all().await?;
             }
-            Ok(())
+            Ok::<(), Status>(())
         }
         .await;
         if let Err(e) = res {
             let _ = tokio::fs::remove_file(&tmp).await;
+            self.metrics.snapshots.with_label_values(&["refused"]).inc();
             return Err(e);
         }
         self.metrics.snapshots.with_label_values(&["received"]).inc();
-        self.loop_handle
-            .send(Msg::Raft { shard_id: header.shard_id, from_node: header.from_node, msg: Box::new(msg) })
-            .map_err(|_| Status::unavailable("storenode stopping"))?;
+        let req = LoopRequest::Raft { group_id: header.group_id, from_node: header.from_node, msg: Box::new(msg) };
+        self.loop_handle.send_internal(req).map_err(|_| Status::unavailable("node stopping"))?;
         Ok(Response::new(Done {}))
     }
 }

@@ -1,5 +1,6 @@
-//! Multi-Raft: many Raft groups (one per shard) driven by one loop over one
-//! RocksDB.
+//! ringkv-raft: the multi-Raft engine. Many Raft groups (a storenode's
+//! shards, or the placement service's one group) driven by one loop over one
+//! RocksDB, generic over what a group replicates.
 //!
 //! # Raft in one page
 //!
@@ -22,28 +23,50 @@
 //!
 //! - [`raft::RawNode`] (tikv/raft-rs) is the pure consensus state machine: it
 //!   decides, and does no IO. Everything else is here.
+//! - [`engine`] and [`keys`]: the node's one RocksDB and the engine's keys in it.
 //! - [`storage::RaftStorage`]: each replica's log and hard state in the `raft`
 //!   CF, conf state and applied index in the `meta` CF.
-//! - [`raft_loop::RaftLoop`]: the single thread that steps, ticks and persists
-//!   all replicas, with one fsync per pass for all of them, then sends and
-//!   applies (the order matters for safety; see that module).
-//! - [`state_machine::StateMachine`]: what a group replicates. Shards use
-//!   [`crate::shard::ShardStateMachine`]; the placement service will plug its
-//!   own in, reusing all of this.
+//! - [`raft_loop`]: the single thread that steps, ticks and persists all
+//!   replicas, with one fsync per pass for all of them, then sends and applies
+//!   (the order matters for safety; see that module). Its inbox API is
+//!   [`raft_loop::LoopRequest`] / [`raft_loop::LoopHandle`].
+//! - [`StateMachine`] and [`Group`]: what a group replicates and what it is.
+//!   The storenode's shard state machine and placement's are two users.
 //! - [`snapshot`]: snapshot files, generated from a RocksDB snapshot and
-//!   streamed in chunks.
-//! - [`transport`]: batched gRPC streams between storenodes.
+//!   streamed in chunks; installed off the loop thread.
+//! - [`transport`]: batched gRPC streams between nodes.
 //! - [`node`]: all of the above started together, for any state machine.
+//! - [`config`], [`metrics`], [`error`]: settings (every default in one
+//!   place), Prometheus metrics, the typed error.
 //!
 //! Replica ids are Raft ids and are unique across the cluster; a replica
-//! belongs to one shard and lives on one node.
+//! belongs to one group and lives on one node. A node hosts at most one
+//! replica of a group; a removed replica leaves a tombstone so that its old
+//! traffic can never bring it back.
 
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod raft_loop;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use config::RaftConfig;
+pub use engine::{Cf, Engine};
+pub use error::{Error, Result};
+pub use metrics::RaftMetrics;
+pub use raft_loop::{LoopHandle, LoopRequest, ReadMode};
+pub use ringkv_proto::engine::{Member, MemberRole};
+pub use state_machine::{ApplyContext, Group, StateMachine, StateRange};
 
 use std::fmt::Write as _;
 
@@ -79,6 +102,7 @@ impl slog::Drain for TracingDrain {
     }
 }
 
-pub(crate) fn logger() -> slog::Logger {
+/// A slog logger for raft-rs that forwards to `tracing`.
+pub fn logger() -> slog::Logger {
     slog::Logger::root(TracingDrain, slog::o!())
 }

@@ -16,15 +16,15 @@ use parking_lot::Mutex;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
-use ringkv_proto::storage::ApplyState;
+use ringkv_proto::engine::ApplyState;
 use rocksdb::WriteBatch;
 
 use crate::engine::{Cf, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::raft::snapshot::SnapshotSlot;
+use crate::snapshot::SnapshotSlot;
 
-/// The index and term every bootstrapped shard starts from (as in TiKV): the
+/// The index and term every bootstrapped group starts from (as in TiKV): the
 /// first voters agree on this state without a log, and a replica added later
 /// is necessarily behind it, so it gets a snapshot.
 pub const INIT_INDEX: u64 = 5;
@@ -35,7 +35,7 @@ const CACHE_MAX_ENTRIES: usize = 1024;
 const CACHE_MAX_BYTES: usize = 4 << 20;
 
 pub struct RaftStorage {
-    shard_id: u64,
+    group_id: u64,
     engine: Engine,
     hard_state: HardState,
     apply: ApplyState,
@@ -68,20 +68,20 @@ fn to_raft_err(e: Error) -> raft::Error {
 impl RaftStorage {
     /// Loads the replica's Raft state from the engine (or starts empty when
     /// there is none: a replica created to receive a snapshot).
-    pub fn load(engine: Engine, shard_id: u64, snapshot: Arc<Mutex<SnapshotSlot>>) -> Result<Self> {
-        let hard_state = match engine.get(Cf::Raft, &keys::raft_hard_state_key(shard_id))? {
+    pub fn load(engine: Engine, group_id: u64, snapshot: Arc<Mutex<SnapshotSlot>>) -> Result<Self> {
+        let hard_state = match engine.get(Cf::Raft, &keys::raft_hard_state_key(group_id))? {
             Some(b) => HardState::parse_from_bytes(&b)
-                .map_err(|e| Error::Corrupt(format!("shard {shard_id} hard state: {e}")))?,
+                .map_err(|e| Error::Corrupt(format!("group {group_id} hard state: {e}")))?,
             None => HardState::default(),
         };
-        let apply = match engine.get(Cf::Meta, &keys::meta_apply_state_key(shard_id))? {
+        let apply = match engine.get(Cf::Meta, &keys::apply_state_key(group_id))? {
             Some(b) => prost::Message::decode(b.as_slice())
-                .map_err(|e| Error::Corrupt(format!("shard {shard_id} apply state: {e}")))?,
+                .map_err(|e| Error::Corrupt(format!("group {group_id} apply state: {e}")))?,
             None => ApplyState::default(),
         };
         let conf_state = decode_conf_state(&apply.conf_state)?;
         let mut s = RaftStorage {
-            shard_id,
+            group_id,
             engine,
             hard_state,
             conf_state,
@@ -93,8 +93,8 @@ impl RaftStorage {
             log_bytes: 0,
             snapshot,
         };
-        // The last entry of the log, if any, is the last key of the shard's log range.
-        let (lo, hi) = (keys::raft_log_key(shard_id, 0), keys::raft_log_key(shard_id, u64::MAX));
+        // The last entry of the log, if any, is the last key of the group's log range.
+        let (lo, hi) = (keys::raft_log_key(group_id, 0), keys::raft_log_key(group_id, u64::MAX));
         let last = {
             let mut it = s.engine.iter_range(Cf::Raft, &lo, &hi);
             // seek_to_last honours only the upper bound: check the lower one.
@@ -102,7 +102,7 @@ impl RaftStorage {
             let last = match it.key().filter(|k| *k >= lo.as_slice()).and(it.value()) {
                 Some(v) => Some(
                     Entry::parse_from_bytes(v)
-                        .map_err(|e| Error::Corrupt(format!("shard {shard_id} log entry: {e}")))?,
+                        .map_err(|e| Error::Corrupt(format!("group {group_id} log entry: {e}")))?,
                 ),
                 None => None,
             };
@@ -115,7 +115,7 @@ impl RaftStorage {
         }
         if s.hard_state.commit > s.last_index {
             return Err(Error::Corrupt(format!(
-                "shard {shard_id}: commit {} beyond last log index {}",
+                "group {group_id}: commit {} beyond last log index {}",
                 s.hard_state.commit, s.last_index
             )));
         }
@@ -123,7 +123,7 @@ impl RaftStorage {
     }
 
     /// Adds the initial state of a bootstrapped replica to `wb` (see [`INIT_INDEX`]).
-    pub fn bootstrap(engine: &Engine, wb: &mut WriteBatch, shard_id: u64, voters: Vec<u64>) {
+    pub fn bootstrap(engine: &Engine, wb: &mut WriteBatch, group_id: u64, voters: Vec<u64>) {
         let cs = ConfState { voters, ..Default::default() };
         let apply = ApplyState {
             applied_index: INIT_INDEX,
@@ -133,12 +133,12 @@ impl RaftStorage {
             conf_state: encode(&cs),
         };
         let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
-        engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(shard_id), &encode(&hs));
-        engine.put_cf(wb, Cf::Meta, &keys::meta_apply_state_key(shard_id), &prost::Message::encode_to_vec(&apply));
+        engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(group_id), &encode(&hs));
+        engine.put_cf(wb, Cf::Meta, &keys::apply_state_key(group_id), &prost::Message::encode_to_vec(&apply));
     }
 
-    pub fn shard_id(&self) -> u64 {
-        self.shard_id
+    pub fn group_id(&self) -> u64 {
+        self.group_id
     }
 
     pub fn apply_state(&self) -> &ApplyState {
@@ -177,14 +177,14 @@ impl RaftStorage {
         for e in entries {
             let bytes = encode(e);
             self.log_bytes += bytes.len() as u64;
-            self.engine.put_cf(wb, Cf::Raft, &keys::raft_log_key(self.shard_id, e.index), &bytes);
+            self.engine.put_cf(wb, Cf::Raft, &keys::raft_log_key(self.group_id, e.index), &bytes);
         }
         if last.index < self.last_index {
             self.engine.delete_range_cf(
                 wb,
                 Cf::Raft,
-                &keys::raft_log_key(self.shard_id, last.index + 1),
-                &keys::raft_log_key(self.shard_id, self.last_index + 1),
+                &keys::raft_log_key(self.group_id, last.index + 1),
+                &keys::raft_log_key(self.group_id, self.last_index + 1),
             );
         }
         // Cache: drop what the new entries replace, then append.
@@ -210,7 +210,7 @@ impl RaftStorage {
 
     pub fn set_hard_state(&mut self, wb: &mut WriteBatch, hs: &HardState) {
         self.hard_state = hs.clone();
-        self.engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(self.shard_id), &encode(hs));
+        self.engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(self.group_id), &encode(hs));
     }
 
     pub fn set_commit(&mut self, wb: &mut WriteBatch, commit: u64) {
@@ -236,7 +236,7 @@ impl RaftStorage {
         self.engine.put_cf(
             wb,
             Cf::Meta,
-            &keys::meta_apply_state_key(self.shard_id),
+            &keys::apply_state_key(self.group_id),
             &prost::Message::encode_to_vec(&self.apply),
         );
     }
@@ -250,8 +250,8 @@ impl RaftStorage {
         self.engine.delete_range_cf(
             wb,
             Cf::Raft,
-            &keys::raft_log_key(self.shard_id, self.apply.truncated_index + 1),
-            &keys::raft_log_key(self.shard_id, index + 1),
+            &keys::raft_log_key(self.group_id, self.apply.truncated_index + 1),
+            &keys::raft_log_key(self.group_id, index + 1),
         );
         // Assume entries of even size: keep the share of bytes still in the log.
         let (before, after) = (self.last_index - self.apply.truncated_index, self.last_index - index);
@@ -273,8 +273,8 @@ impl RaftStorage {
         self.engine.delete_range_cf(
             wb,
             Cf::Raft,
-            &keys::raft_log_key(self.shard_id, 0),
-            &keys::raft_log_key(self.shard_id, u64::MAX),
+            &keys::raft_log_key(self.group_id, 0),
+            &keys::raft_log_key(self.group_id, u64::MAX),
         );
         self.apply.applied_index = md.index;
         self.apply.applied_term = md.term;
@@ -294,10 +294,10 @@ impl RaftStorage {
     }
 
     fn entry_from_db(&self, index: u64) -> Result<Entry> {
-        match self.engine.get(Cf::Raft, &keys::raft_log_key(self.shard_id, index))? {
+        match self.engine.get(Cf::Raft, &keys::raft_log_key(self.group_id, index))? {
             Some(b) => Entry::parse_from_bytes(&b)
-                .map_err(|e| Error::Corrupt(format!("shard {} entry {index}: {e}", self.shard_id))),
-            None => Err(Error::Corrupt(format!("shard {} missing entry {index}", self.shard_id))),
+                .map_err(|e| Error::Corrupt(format!("group {} entry {index}: {e}", self.group_id))),
+            None => Err(Error::Corrupt(format!("group {} missing entry {index}", self.group_id))),
         }
     }
 }
@@ -328,15 +328,15 @@ impl raft::Storage for RaftStorage {
         // Entries below the cache come from RocksDB, in one range scan.
         if cache_first.is_none_or(|f| low < f) {
             let db_high = cache_first.map_or(high, |f| f.min(high));
-            let lo = keys::raft_log_key(self.shard_id, low);
-            let hi = keys::raft_log_key(self.shard_id, db_high);
+            let lo = keys::raft_log_key(self.group_id, low);
+            let hi = keys::raft_log_key(self.group_id, db_high);
             let mut it = self.engine.iter_range(Cf::Raft, &lo, &hi);
             while it.valid() {
                 let v = it.value().unwrap_or_default();
                 let e = Entry::parse_from_bytes(v)
-                    .map_err(|e| to_raft_err(Error::Corrupt(format!("shard {} entry: {e}", self.shard_id))))?;
+                    .map_err(|e| to_raft_err(Error::Corrupt(format!("group {} entry: {e}", self.group_id))))?;
                 if e.index != next {
-                    return Err(to_raft_err(Error::Corrupt(format!("shard {}: log gap at {next}", self.shard_id))));
+                    return Err(to_raft_err(Error::Corrupt(format!("group {}: log gap at {next}", self.group_id))));
                 }
                 size += e.compute_size() as u64;
                 if !out.is_empty() && size > max_size {
@@ -349,8 +349,8 @@ impl raft::Storage for RaftStorage {
             it.status().map_err(|e| to_raft_err(e.into()))?;
             if next != db_high {
                 return Err(to_raft_err(Error::Corrupt(format!(
-                    "shard {}: log ends at {next}, expected {db_high}",
-                    self.shard_id
+                    "group {}: log ends at {next}, expected {db_high}",
+                    self.group_id
                 ))));
             }
         }

@@ -26,29 +26,20 @@ use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Snapshot};
-use ringkv_proto::meta::ShardDescriptor;
-use ringkv_proto::raft::SnapshotData;
-use ringkv_proto::storage::{ApplyState, ReplicaState};
+use ringkv_proto::engine::{ApplyState, ReplicaState, SnapshotData};
 use rocksdb::WriteBatch;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::engine::{Cf, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::raft::storage::decode_conf_state;
+use crate::state_machine::{Group, StateRange};
+use crate::storage::decode_conf_state;
 
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
 const END: u8 = 0xff;
 /// Bytes written per WriteBatch when applying a snapshot.
 const APPLY_BATCH_BYTES: usize = 4 << 20;
-
-/// A key range of one column family that a state machine owns.
-#[derive(Clone, Debug)]
-pub struct StateRange {
-    pub cf: Cf,
-    pub lo: Vec<u8>,
-    pub hi: Vec<u8>,
-}
 
 /// Shared between a replica's `Storage` (which asks for a snapshot) and the
 /// loop (which generates it in the background).
@@ -114,23 +105,23 @@ impl SnapshotDir {
     }
 
     /// Removes the files of `sub` whose (name parsed as
-    /// `shard_term_index`, extension) `pred` selects.
+    /// `group_term_index`, extension) `pred` selects.
     fn remove_matching(&self, sub: &str, pred: impl Fn(Option<(u64, u64)>, &str) -> bool) {
         let Ok(rd) = fs::read_dir(self.root.join(sub)) else { return };
         for e in rd.flatten() {
             let p = e.path();
             let ext = p.extension().and_then(|x| x.to_str()).unwrap_or("");
-            if pred(Self::shard_and_index(&p), ext) {
+            if pred(Self::group_and_index(&p), ext) {
                 let _ = fs::remove_file(p);
             }
         }
     }
 
-    /// Removes every received file of `shard_id` up to `index`: once a
+    /// Removes every received file of `group_id` up to `index`: once a
     /// snapshot at `index` is applied, older ones (including any that Raft
     /// refused as stale, which nothing else would delete) are useless.
-    pub fn remove_received_upto(&self, shard_id: u64, index: u64) {
-        self.remove_matching("recv", |p, ext| ext == "snap" && p.is_some_and(|(s, i)| s == shard_id && i <= index));
+    pub fn remove_received_upto(&self, group_id: u64, index: u64) {
+        self.remove_matching("recv", |p, ext| ext == "snap" && p.is_some_and(|(s, i)| s == group_id && i <= index));
     }
 
     /// Removes every received file. Only at start-up, once interrupted
@@ -139,25 +130,34 @@ impl SnapshotDir {
         self.remove_matching("recv", |_, _| true);
     }
 
-    /// The (shard, index) of a snapshot file named by this directory
-    /// (`shard_term_index.ext`).
-    pub fn shard_and_index(path: &Path) -> Option<(u64, u64)> {
+    /// The (group, index) of a snapshot file named by this directory
+    /// (`group_term_index.ext`).
+    pub fn group_and_index(path: &Path) -> Option<(u64, u64)> {
         let mut parts = path.file_stem()?.to_str()?.split('_').map(|x| x.parse::<u64>().ok());
-        let (shard, _term, index) = (parts.next()??, parts.next()??, parts.next()??);
-        Some((shard, index))
+        let (group, _term, index) = (parts.next()??, parts.next()??, parts.next()??);
+        Some((group, index))
     }
 
-    pub fn generated(&self, shard_id: u64, term: u64, index: u64) -> PathBuf {
-        self.root.join("gen").join(format!("{shard_id}_{term}_{index}.snap"))
+    pub fn generated(&self, group_id: u64, term: u64, index: u64) -> PathBuf {
+        self.root.join("gen").join(format!("{group_id}_{term}_{index}.snap"))
     }
 
-    pub fn received(&self, shard_id: u64, term: u64, index: u64) -> PathBuf {
-        self.root.join("recv").join(format!("{shard_id}_{term}_{index}.snap"))
+    pub fn received(&self, group_id: u64, term: u64, index: u64) -> PathBuf {
+        self.root.join("recv").join(format!("{group_id}_{term}_{index}.snap"))
     }
 
-    /// Removes every generated file of `shard_id` except `keep`.
-    pub fn remove_generated_except(&self, shard_id: u64, keep: Option<&Path>) {
-        let prefix = format!("{shard_id}_");
+    /// A fresh temporary name for receiving the snapshot that will be
+    /// [`SnapshotDir::received`]: unique per transfer, so two transfers of one
+    /// snapshot never write the same file.
+    pub fn receiving(&self, group_id: u64, term: u64, index: u64) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root.join("recv").join(format!("{group_id}_{term}_{index}.{n}.tmp"))
+    }
+
+    /// Removes every generated file of `group_id` except `keep`.
+    pub fn remove_generated_except(&self, group_id: u64, keep: Option<&Path>) {
+        let prefix = format!("{group_id}_");
         let Ok(rd) = fs::read_dir(self.root.join("gen")) else { return };
         for e in rd.flatten() {
             let p = e.path();
@@ -169,31 +169,26 @@ impl SnapshotDir {
     }
 }
 
-/// Writes a snapshot of `shard_id` as of now (one RocksDB snapshot) and
+/// Writes a snapshot of `group_id` as of now (one RocksDB snapshot) and
 /// returns the raft-rs snapshot describing it. Runs on a background thread.
-pub fn generate(
-    engine: &Engine,
-    dir: &SnapshotDir,
-    shard_id: u64,
-    ranges_of: impl Fn(&ShardDescriptor) -> Vec<StateRange>,
-) -> Result<Snapshot> {
+pub fn generate<G: Group>(engine: &Engine, dir: &SnapshotDir, group_id: u64) -> Result<Snapshot> {
     let db = engine.db();
     let snap = db.snapshot();
     let get = |cf: Cf, key: &[u8]| snap.get_cf(engine.cf(cf), key);
-    let apply: ApplyState = match get(Cf::Meta, &keys::meta_apply_state_key(shard_id))? {
+    let apply: ApplyState = match get(Cf::Meta, &keys::apply_state_key(group_id))? {
         Some(b) => prost::Message::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("apply state: {e}")))?,
-        None => return Err(Error::ShardNotFound(shard_id)),
+        None => return Err(Error::GroupNotFound(group_id)),
     };
-    let state: ReplicaState = match get(Cf::Meta, &keys::meta_replica_state_key(shard_id))? {
+    let state: ReplicaState = match get(Cf::Meta, &keys::replica_state_key(group_id))? {
         Some(b) => prost::Message::decode(b.as_slice()).map_err(|e| Error::Corrupt(format!("replica state: {e}")))?,
-        None => return Err(Error::ShardNotFound(shard_id)),
+        None => return Err(Error::GroupNotFound(group_id)),
     };
-    let shard = state.shard.unwrap_or_default();
-    let path = dir.generated(shard_id, apply.applied_term, apply.applied_index);
+    let group = G::decode(&state.group).map_err(|e| Error::Corrupt(format!("group {group_id} descriptor: {e}")))?;
+    let path = dir.generated(group_id, apply.applied_term, apply.applied_index);
     let tmp = path.with_extension("tmp");
     let mut w = ChecksumWriter::new(BufWriter::new(File::create(&tmp)?));
     w.write_all(MAGIC)?;
-    for r in ranges_of(&shard) {
+    for r in group.state_ranges() {
         let mut ro = rocksdb::ReadOptions::default();
         ro.set_snapshot(&snap);
         ro.set_iterate_upper_bound(r.hi.clone());
@@ -212,14 +207,14 @@ pub fn generate(
     w.write_all(&[END])?;
     let (size, checksum) = w.finish()?;
     fs::rename(&tmp, &path)?;
-    dir.remove_generated_except(shard_id, Some(&path));
+    dir.remove_generated_except(group_id, Some(&path));
 
     let mut s = Snapshot::default();
     let md = s.mut_metadata();
     md.index = apply.applied_index;
     md.term = apply.applied_term;
     md.set_conf_state(decode_conf_state(&apply.conf_state)?);
-    let data = SnapshotData { shard: Some(shard), file_size: size, file_checksum: checksum };
+    let data = SnapshotData { group: state.group, file_size: size, file_checksum: checksum };
     s.data = prost::Message::encode_to_vec(&data).into();
     Ok(s)
 }
@@ -229,12 +224,27 @@ pub fn snapshot_data(s: &Snapshot) -> Result<SnapshotData> {
     prost::Message::decode(s.data.as_ref()).map_err(|e| Error::Corrupt(format!("snapshot data: {e}")))
 }
 
+/// The group descriptor a snapshot carries, checked to be one of `group_id`:
+/// a snapshot without one, or naming another group, is refused (installing
+/// it would replace the wrong key ranges, or with a default descriptor, all
+/// of them).
+pub fn snapshot_group<G: Group>(data: &SnapshotData, group_id: u64) -> Result<G> {
+    if data.group.is_empty() {
+        return Err(Error::Corrupt(format!("snapshot of group {group_id} carries no group descriptor")));
+    }
+    let g = G::decode(&data.group).map_err(|e| Error::Corrupt(format!("snapshot of group {group_id}: {e}")))?;
+    if g.id() != group_id {
+        return Err(Error::Corrupt(format!("snapshot sent to group {group_id} describes group {}", g.id())));
+    }
+    Ok(g)
+}
+
 /// The conf state a snapshot carries.
 pub fn conf_state(s: &Snapshot) -> ConfState {
     s.get_metadata().get_conf_state().clone()
 }
 
-/// Checks a received file against its metadata (size and checksum).
+/// Checks a file on disk against its metadata (size and checksum).
 pub fn verify_file(path: &Path, data: &SnapshotData) -> Result<()> {
     let mut f = BufReader::new(File::open(path)?);
     let mut h = Xxh3::new();
@@ -260,15 +270,17 @@ pub fn verify_file(path: &Path, data: &SnapshotData) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the state in `ranges` with the file's contents. Idempotent: a
-/// restart may run it again on the same file.
-pub fn write_data(engine: &Engine, path: &Path, ranges: &[StateRange]) -> Result<()> {
+/// Replaces the state in `ranges` with the file's contents, checking the
+/// file's size and checksum as it is read (`expect`, when known): a file that
+/// does not match is an error, and whatever was written of it is not marked
+/// installed. Idempotent: a restart may run it again on the same file.
+pub fn write_data(engine: &Engine, path: &Path, ranges: &[StateRange], expect: Option<(u64, u64)>) -> Result<()> {
     let mut wb = WriteBatch::default();
     for r in ranges {
         engine.delete_range_cf(&mut wb, r.cf, &r.lo, &r.hi);
     }
     engine.write(wb, false)?;
-    let mut f = BufReader::new(File::open(path)?);
+    let mut f = HashingReader { inner: BufReader::new(File::open(path)?), hash: Xxh3::new(), size: 0 };
     let mut magic = [0u8; 8];
     f.read_exact(&mut magic)?;
     if &magic != MAGIC {
@@ -285,15 +297,53 @@ pub fn write_data(engine: &Engine, path: &Path, ranges: &[StateRange]) -> Result
         let k = read_chunk(&mut f)?;
         let v = read_chunk(&mut f)?;
         if !ranges.iter().any(|r| r.cf == cf && r.lo.as_slice() <= &k[..] && &k[..] < r.hi.as_slice()) {
-            return Err(Error::Corrupt(format!("{}: key outside the shard", path.display())));
+            return Err(Error::Corrupt(format!("{}: key outside the group's ranges", path.display())));
         }
         engine.put_cf(&mut wb, cf, &k, &v);
         if wb.size_in_bytes() >= APPLY_BATCH_BYTES {
             engine.write(std::mem::take(&mut wb), false)?;
         }
     }
+    if let Some((size, checksum)) = expect {
+        // Anything after the end marker counts too: the file must be exactly what was sent.
+        std::io::copy(&mut f, &mut std::io::sink())?;
+        if f.size != size || f.hash.digest() != checksum {
+            return Err(Error::Corrupt(format!("{}: size or checksum does not match the snapshot", path.display())));
+        }
+    }
     engine.write(wb, false)?;
     Ok(())
+}
+
+/// Installs a snapshot whose Raft metadata is persisted (replica state
+/// `APPLYING_SNAPSHOT` naming the file): writes the data, then marks the
+/// replica normal with a synced write, then deletes the file. Runs on a
+/// worker thread, and again at start-up after a crash in between.
+pub fn install<G: Group>(engine: &Engine, group: &G, replica_id: u64, state: &ReplicaState) -> Result<()> {
+    let path = PathBuf::from(&state.snapshot_path);
+    let expect = (state.snapshot_checksum != 0).then_some((state.snapshot_size, state.snapshot_checksum));
+    write_data(engine, &path, &group.state_ranges(), expect)?;
+    let mut wb = WriteBatch::default();
+    let st = ReplicaState { group: group.encode(), replica_id, ..Default::default() };
+    engine.put_cf(&mut wb, Cf::Meta, &keys::replica_state_key(group.id()), &prost::Message::encode_to_vec(&st));
+    engine.write(wb, true)?;
+    let _ = fs::remove_file(&path);
+    Ok(())
+}
+
+struct HashingReader<R: Read> {
+    inner: R,
+    hash: Xxh3,
+    size: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
 }
 
 fn read_chunk(f: &mut impl Read) -> Result<Vec<u8>> {

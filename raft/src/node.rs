@@ -1,0 +1,162 @@
+//! A process's Raft machinery in one piece: the RocksDB engine, the Raft loop
+//! on its own thread, the outbound transport and the inbound RaftTransport
+//! service. The storenode (many shard groups) and the placement service (one
+//! group) both start one of these; only the state machine differs.
+//!
+//! The loop thread is supervised: if it ever ends other than by [`RaftNode::stop`]
+//! (a panic on a failed synced write, say), [`RaftNode::is_running`] turns
+//! false and the `on_exit` hook runs, so the process can fail its health
+//! checks and exit for its supervisor to restart it, rather than live on
+//! serving nothing.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use ringkv_proto::engine::raft_transport_server::RaftTransportServer;
+
+use crate::config::RaftConfig;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::metrics::RaftMetrics;
+use crate::raft_loop::{LoopConfig, LoopHandle, RaftLoop};
+use crate::snapshot::SnapshotDir;
+use crate::state_machine::StateMachine;
+use crate::transport::{AddressBook, GrpcTransport, RaftService, SnapshotLimits};
+
+/// Largest gRPC message accepted: a batch of Raft messages can carry entries
+/// of many groups, each up to `max_size_per_msg`.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 256 << 20;
+
+/// The engine of one process, running.
+pub struct RaftNode<S: StateMachine> {
+    /// This node's id.
+    pub node_id: u64,
+    /// The node's RocksDB.
+    pub engine: Engine,
+    /// The loop's inbox.
+    pub loop_handle: LoopHandle<S>,
+    /// Peer addresses (set by the process from placement or its config).
+    pub address_book: Arc<AddressBook>,
+    /// The engine's metrics (and the registry the process adds to).
+    pub metrics: Arc<RaftMetrics>,
+    snap_dir: PathBuf,
+    limits: Arc<SnapshotLimits>,
+    running: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Opens `data_dir/db`, loads every persisted replica and starts the loop.
+    /// Must run inside a tokio runtime (the transport spawns on it). `on_exit`
+    /// runs on the loop thread if the loop ends without being asked to.
+    pub async fn open(
+        node_id: u64,
+        data_dir: PathBuf,
+        config: &RaftConfig,
+        address_book: Arc<AddressBook>,
+        metrics: Arc<RaftMetrics>,
+        new_sm: impl Fn() -> S + Send + 'static,
+        on_exit: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, Error> {
+        config.validate().map_err(|e| Error::invalid("raft", e.to_string()))?;
+        let db_path = data_dir.join("db");
+        let snap_dir = data_dir.join("snap");
+        let lcfg = LoopConfig { node_id, snapshot_dir: snap_dir.clone(), raft: config.clone() };
+        let cell = Arc::new(OnceLock::new());
+        let limits = SnapshotLimits::new(config);
+        let transport = GrpcTransport::new(
+            node_id,
+            address_book.clone(),
+            tokio::runtime::Handle::current(),
+            cell.clone(),
+            limits.clone(),
+            metrics.clone(),
+        );
+        let m = metrics.clone();
+        // Opening RocksDB and loading every replica blocks: not on a tokio worker.
+        let (raft_loop, loop_handle, engine) = tokio::task::spawn_blocking(move || {
+            let engine = Engine::open(&db_path)?;
+            let (lp, h) = RaftLoop::new(lcfg, engine.clone(), transport, m, new_sm)?;
+            Ok::<_, Error>((lp, h, engine))
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))??;
+        let _ = cell.set(loop_handle.clone());
+        let running = Arc::new(AtomicBool::new(true));
+        let guard = ExitGuard { running: running.clone(), on_exit: Some(Box::new(on_exit)) };
+        let thread = std::thread::Builder::new().name(format!("raft-loop-{node_id}")).spawn(move || {
+            let guard = guard;
+            raft_loop.run();
+            guard.running.store(false, Ordering::SeqCst);
+            std::mem::forget(guard); // a clean stop: no exit hook
+        })?;
+        Ok(RaftNode {
+            node_id,
+            engine,
+            loop_handle,
+            address_book,
+            metrics,
+            snap_dir,
+            limits,
+            running,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the loop thread is alive.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// A flag that turns false when the loop thread ends (for health checks).
+    pub fn running_flag(&self) -> Arc<AtomicBool> {
+        self.running.clone()
+    }
+
+    /// The inbound side of the transport, to add to the process's gRPC server.
+    pub fn raft_service(&self) -> Result<RaftTransportServer<RaftService<S>>, Error> {
+        let snap_dir = SnapshotDir::new(self.snap_dir.clone())?;
+        let svc = RaftService::new(
+            self.node_id,
+            self.loop_handle.clone(),
+            snap_dir,
+            self.limits.clone(),
+            self.metrics.clone(),
+        );
+        Ok(RaftTransportServer::new(svc).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+    }
+
+    /// Stops the loop (pending requests get an answer or "outcome unknown")
+    /// and waits for its thread.
+    pub async fn stop(mut self) {
+        self.loop_handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for RaftNode<S> {
+    fn drop(&mut self) {
+        // The loop holds a handle of its own (its workers report through
+        // it), so it only ends when told to.
+        self.loop_handle.shutdown();
+    }
+}
+
+/// Runs the exit hook if the loop thread unwinds (a panic) instead of
+/// returning.
+struct ExitGuard {
+    running: Arc<AtomicBool>,
+    on_exit: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::SeqCst);
+        if let Some(f) = self.on_exit.take() {
+            f();
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! One pass of the loop over the replicas with work: persist, send, apply.
+//! The order is what makes it safe; see the module doc of `raft_loop`.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+use raft::prelude::{Message as RaftMsg, MessageType};
+use raft::StateRole;
+use ringkv_proto::engine::{RaftMessage, ReplicaLifecycle, ReplicaState};
+use rocksdb::WriteBatch;
+
+use super::api::Transport;
+use super::apply::{apply_entries, maybe_compact, Answer};
+use super::replica::{Lifecycle, Replica};
+use super::RaftLoop;
+use crate::engine::{concat_batches, Cf};
+use crate::keys;
+use crate::snapshot;
+use crate::state_machine::{ApplyBatch, Group, StateMachine};
+use crate::storage::encode;
+
+/// Messages of one pass, by destination node: (message, receiving replica).
+type Outbox = HashMap<u64, Vec<(RaftMessage, u64)>>;
+
+impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
+    /// One pass over the replicas with work: persist (one fsync), send,
+    /// apply, answer.
+    pub fn run_pass(&mut self) {
+        for (id, r) in self.replicas.iter_mut() {
+            if r.reads.issue(&mut r.raw, self.ticks) {
+                self.dirty.insert(*id);
+            }
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        self.metrics.raft_loop_passes.inc();
+        let dirty = std::mem::take(&mut self.dirty);
+        let node_id = self.cfg.node_id;
+        let mut wb = WriteBatch::default();
+        let mut readies = Vec::new();
+        let mut out = Outbox::new();
+        let mut installs = Vec::new();
+        let mut failures = Vec::new();
+
+        // Collect every Ready into one batch.
+        for id in &dirty {
+            let Some(r) = self.replicas.get(id) else { continue };
+            // A replica installing a snapshot is left alone until it is done.
+            if r.lifecycle != Lifecycle::Normal || !r.raw.has_ready() {
+                continue;
+            }
+            let not_leader = self.not_leader_fn(r);
+            let Some(r) = self.replicas.get_mut(id) else { continue };
+            let mut rd = r.raw.ready();
+            if let Some(ss) = rd.ss() {
+                let leads = ss.raft_state == StateRole::Leader;
+                if r.is_leader && !leads {
+                    r.lost_leadership(not_leader);
+                }
+                r.is_leader = leads;
+            }
+            r.reads.confirm(rd.take_read_states());
+            route(&self.transport, &self.snap_dir, node_id, r, rd.take_messages(), &mut out);
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot();
+                let md = snap.get_metadata();
+                let checked = snapshot::snapshot_data(snap)
+                    .and_then(|d| snapshot::snapshot_group::<S::Group>(&d, *id).map(|g| (d, g)));
+                let (data, group) = match checked {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Checked before stepping; raft-rs accepted it, so the
+                        // replica cannot go on without it.
+                        failures.push((*id, format!("accepted snapshot is unusable: {e}")));
+                        continue;
+                    }
+                };
+                let path = self.snap_dir.received(*id, md.term, md.index);
+                r.raw.mut_store().apply_snapshot_meta(&mut wb, snap);
+                r.group = group;
+                let st = ReplicaState {
+                    group: r.group.encode(),
+                    replica_id: r.replica_id,
+                    lifecycle: ReplicaLifecycle::ApplyingSnapshot as i32,
+                    snapshot_path: path.to_string_lossy().into_owned(),
+                    snapshot_size: data.file_size,
+                    snapshot_checksum: data.file_checksum,
+                };
+                self.engine.put_cf(&mut wb, Cf::Meta, &keys::replica_state_key(*id), &st.encode_to_vec());
+                installs.push((*id, md.index, st));
+            }
+            r.raw.mut_store().append(&mut wb, rd.entries());
+            if let Some(hs) = rd.hs() {
+                r.raw.mut_store().set_hard_state(&mut wb, hs);
+            }
+            readies.push((*id, rd));
+        }
+        if !wb.is_empty() {
+            // A failed synced write leaves Raft's promises unknowable: stop the
+            // process rather than answer anything (as etcd and TiKV do).
+            if let Err(e) = self.engine.write(wb, true) {
+                panic!("persisting Raft state: {e}");
+            }
+            self.metrics.raft_fsyncs.inc();
+            self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
+        }
+        self.flush(std::mem::take(&mut out));
+        for (id, index, st) in installs {
+            self.start_install(id, index, st);
+        }
+
+        // Apply, each replica into a batch of its own.
+        let mut batches = Vec::new();
+        let mut answers: Vec<Answer<S>> = Vec::new();
+        let mut applied = Vec::new();
+        let mut readies: HashMap<u64, raft::Ready> = readies.into_iter().collect();
+        for id in &dirty {
+            let Some(r) = self.replicas.get_mut(id) else { continue };
+            let mut committed = Vec::new();
+            let mut batch = ApplyBatch::default();
+            if let Some(mut rd) = readies.remove(id) {
+                route(&self.transport, &self.snap_dir, node_id, r, rd.take_persisted_messages(), &mut out);
+                committed = rd.take_committed_entries();
+                let mut light = r.raw.advance_append(rd);
+                if let Some(c) = light.commit_index() {
+                    r.raw.mut_store().set_commit(&mut batch.wb, c);
+                }
+                route(&self.transport, &self.snap_dir, node_id, r, light.take_messages(), &mut out);
+                committed.extend(light.take_committed_entries());
+            }
+            if r.lifecycle != Lifecycle::Normal {
+                r.deferred.append(&mut committed);
+                if !batch.is_empty() {
+                    batches.push(batch.take());
+                }
+                continue;
+            }
+            if !r.deferred.is_empty() {
+                committed = std::mem::take(&mut r.deferred).into_iter().chain(committed).collect();
+            }
+            if committed.is_empty() {
+                if !batch.is_empty() {
+                    batches.push(batch.take());
+                }
+                applied.push(*id);
+                continue;
+            }
+            let n = committed.len() as u64;
+            let mut mine = Vec::new();
+            match apply_entries(&self.engine, r, committed, &mut batch, &mut mine) {
+                Ok(()) => {
+                    self.metrics.raft_entries_applied.inc_by(n);
+                    maybe_compact(r, &mut batch.wb, &self.cfg.raft);
+                    batches.push(batch.take());
+                    answers.append(&mut mine);
+                    applied.push(*id);
+                }
+                Err(e) => {
+                    // Nothing of this replica's pass is written.
+                    mine.into_iter().for_each(Answer::abandon);
+                    failures.push((*id, format!("apply: {e}")));
+                }
+            }
+        }
+        if !batches.is_empty() {
+            if let Err(e) = self.engine.write(concat_batches(batches), false) {
+                panic!("writing applied entries: {e}");
+            }
+        }
+        self.flush(out);
+        answers.into_iter().for_each(Answer::send);
+        for id in applied {
+            let Some(r) = self.replicas.get_mut(&id) else { continue };
+            r.raw.advance_apply();
+            r.reads.serve(r.raw.store().applied_index(), &r.group);
+            if r.removed {
+                self.destroy_replica(id);
+            }
+        }
+        for (id, reason) in failures {
+            self.fail_replica(id, reason);
+        }
+        for id in dirty {
+            let Some(r) = self.replicas.get(&id) else { continue };
+            if r.raw.has_ready() && r.lifecycle == Lifecycle::Normal {
+                self.dirty.insert(id);
+            }
+            self.maybe_generate_snapshot(id);
+        }
+    }
+
+    /// A "not the leader" error for `r`, to build as often as needed.
+    fn not_leader_fn(&self, r: &Replica<S>) -> impl Fn() -> crate::Error {
+        let (group_id, leader) = (r.id(), r.leader());
+        let leader_address = leader.as_ref().and_then(|l| self.transport.address(l.node_id)).unwrap_or_default();
+        move || crate::Error::NotLeader { group_id, leader: leader.clone(), leader_address: leader_address.clone() }
+    }
+
+    /// Hands each node its batch of messages; a dropped batch makes the
+    /// senders' leaders probe the receivers again.
+    fn flush(&mut self, out: Outbox) {
+        for (node, msgs) in out {
+            let n = msgs.len();
+            let dests: Vec<(u64, u64)> = msgs.iter().map(|(m, to)| (m.group_id, *to)).collect();
+            let batch = msgs.into_iter().map(|(m, _)| m).collect();
+            if self.transport.send(node, batch) {
+                self.metrics.raft_messages_sent.inc_by(n as u64);
+                self.metrics.raft_message_batches_sent.inc();
+                self.metrics.raft_messages_per_batch.observe(n as f64);
+            } else {
+                self.metrics.raft_messages_dropped.inc_by(n as u64);
+                for (group, to) in dests {
+                    if let Some(r) = self.replicas.get_mut(&group) {
+                        r.raw.report_unreachable(to);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Routes messages of replica `r` into per-node batches; snapshots go to
+/// their own stream.
+fn route<S: StateMachine, T: Transport>(
+    transport: &T,
+    snap_dir: &snapshot::SnapshotDir,
+    node_id: u64,
+    r: &Replica<S>,
+    msgs: Vec<RaftMsg>,
+    out: &mut Outbox,
+) {
+    for m in msgs {
+        let Some(to_node) = r.node_of(m.to) else {
+            tracing::debug!(group = r.id(), to = m.to, "message to an unknown replica");
+            continue;
+        };
+        let to_replica = m.to;
+        let wire = RaftMessage { group_id: r.id(), from_node: node_id, to_node, message: encode(&m) };
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            let md = m.get_snapshot().get_metadata();
+            let path = snap_dir.generated(r.id(), md.term, md.index);
+            transport.send_snapshot(to_node, to_replica, wire, path);
+        } else {
+            out.entry(to_node).or_default().push((wire, to_replica));
+        }
+    }
+}
