@@ -44,6 +44,8 @@
 //! replica of a group; a removed replica leaves a tombstone so that its old
 //! traffic can never bring it back.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod engine;
 pub mod error;

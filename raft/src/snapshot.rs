@@ -60,6 +60,7 @@ impl SnapshotSlot {
         (idx >= request_index && idx >= truncated_index).then(|| s.clone())
     }
 
+    /// raft-rs asked for a snapshot: generate one unless a generation runs.
     pub fn request(&mut self) {
         if !self.generating {
             self.requested = true;
@@ -76,6 +77,7 @@ impl SnapshotSlot {
         false
     }
 
+    /// A generation ended; `snap` is its snapshot if it worked.
     pub fn finish(&mut self, snap: Option<Snapshot>) {
         self.generating = false;
         if snap.is_some() {
@@ -138,10 +140,12 @@ impl SnapshotDir {
         Some((group, index))
     }
 
+    /// The file of a snapshot this node generated.
     pub fn generated(&self, group_id: u64, term: u64, index: u64) -> PathBuf {
         self.root.join("gen").join(format!("{group_id}_{term}_{index}.snap"))
     }
 
+    /// The file of a snapshot this node received (complete and verified).
     pub fn received(&self, group_id: u64, term: u64, index: u64) -> PathBuf {
         self.root.join("recv").join(format!("{group_id}_{term}_{index}.snap"))
     }
@@ -415,5 +419,73 @@ mod dir_tests {
         assert!(!half.exists() && newer.exists());
         dir.remove_all_received();
         assert!(!newer.exists() && !other_shard.exists());
+    }
+}
+
+#[cfg(test)]
+mod install_tests {
+    use super::*;
+    use crate::testing::TestGroup;
+
+    /// A group with one key written and its replica state and apply state in
+    /// place, so that it can be snapshotted.
+    fn engine_with_group(dir: &Path) -> (Engine, TestGroup) {
+        let engine = Engine::open(&dir.join("db")).unwrap();
+        let g = TestGroup { id: 3, members: vec![], conf_ver: 1, version: 1 };
+        let mut wb = WriteBatch::default();
+        crate::storage::RaftStorage::bootstrap(&engine, &mut wb, 3, vec![30]);
+        let st = ReplicaState { group: Group::encode(&g), replica_id: 30, ..Default::default() };
+        engine.put_cf(&mut wb, Cf::Meta, &keys::replica_state_key(3), &prost::Message::encode_to_vec(&st));
+        engine.put_cf(&mut wb, Cf::Data, &crate::testing::data_key(3, b"k"), b"v");
+        engine.write(wb, true).unwrap();
+        (engine, g)
+    }
+
+    #[test]
+    fn a_snapshot_file_corrupted_on_disk_is_not_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, g) = engine_with_group(dir.path());
+        let snap_dir = SnapshotDir::new(dir.path().join("snap")).unwrap();
+        let snap = generate::<TestGroup>(&engine, &snap_dir, 3).unwrap();
+        let data = snapshot_data(&snap).unwrap();
+        assert_eq!(snapshot_group::<TestGroup>(&data, 3).unwrap(), g);
+        let md = snap.get_metadata();
+        let path = snap_dir.generated(3, md.term, md.index);
+        verify_file(&path, &data).unwrap();
+
+        // A receiver's copy whose last byte flipped on disk.
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last - 1] ^= 0x01;
+        let copy = snap_dir.received(3, md.term, md.index);
+        fs::write(&copy, &bytes).unwrap();
+        assert!(verify_file(&copy, &data).is_err(), "the receiver's check finds it");
+        let other_dir = tempfile::tempdir().unwrap();
+        let (target, _) = engine_with_group(other_dir.path());
+        let state = ReplicaState {
+            group: Group::encode(&g),
+            replica_id: 30,
+            lifecycle: ringkv_proto::engine::ReplicaLifecycle::ApplyingSnapshot as i32,
+            snapshot_path: copy.to_string_lossy().into_owned(),
+            snapshot_size: data.file_size,
+            snapshot_checksum: data.file_checksum,
+        };
+        assert!(matches!(install(&target, &g, 30, &state), Err(Error::Corrupt(_))));
+        assert!(copy.exists(), "a failed install keeps its file for the operator");
+
+        // The intact file installs, and the replica is marked normal.
+        fs::copy(&path, &copy).unwrap();
+        install(&target, &g, 30, &state).unwrap();
+        assert_eq!(target.get(Cf::Data, &crate::testing::data_key(3, b"k")).unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(!copy.exists());
+    }
+
+    #[test]
+    fn a_snapshot_naming_no_group_or_another_group_is_refused() {
+        let data = SnapshotData { group: Vec::new(), file_size: 0, file_checksum: 0 };
+        assert!(snapshot_group::<TestGroup>(&data, 3).is_err());
+        let other = TestGroup { id: 4, ..Default::default() };
+        let data = SnapshotData { group: Group::encode(&other), file_size: 0, file_checksum: 0 };
+        assert!(snapshot_group::<TestGroup>(&data, 3).is_err());
     }
 }

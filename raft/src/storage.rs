@@ -28,12 +28,14 @@ use crate::snapshot::SnapshotSlot;
 /// first voters agree on this state without a log, and a replica added later
 /// is necessarily behind it, so it gets a snapshot.
 pub const INIT_INDEX: u64 = 5;
+/// The term that goes with [`INIT_INDEX`].
 pub const INIT_TERM: u64 = 5;
 
 /// Entries kept in memory per replica (beyond these, reads go to RocksDB).
 const CACHE_MAX_ENTRIES: usize = 1024;
 const CACHE_MAX_BYTES: usize = 4 << 20;
 
+/// One replica's raft-rs `Storage`: its log, hard state and apply state.
 pub struct RaftStorage {
     group_id: u64,
     engine: Engine,
@@ -52,10 +54,12 @@ pub struct RaftStorage {
     pub(crate) snapshot: Arc<Mutex<SnapshotSlot>>,
 }
 
+/// Decodes a raft-rs `ConfState` stored in an `ApplyState`.
 pub fn decode_conf_state(bytes: &[u8]) -> Result<ConfState> {
     ConfState::parse_from_bytes(bytes).map_err(|e| Error::Corrupt(format!("conf state: {e}")))
 }
 
+/// Encodes a raft-rs message (rust-protobuf).
 pub fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
     // Encoding into a Vec cannot fail for raft-rs's messages (no required fields).
     m.write_to_bytes().expect("protobuf encode into memory")
@@ -137,22 +141,27 @@ impl RaftStorage {
         engine.put_cf(wb, Cf::Meta, &keys::apply_state_key(group_id), &prost::Message::encode_to_vec(&apply));
     }
 
+    /// The group this replica belongs to.
     pub fn group_id(&self) -> u64 {
         self.group_id
     }
 
+    /// The apply state as of the last apply written to the batch.
     pub fn apply_state(&self) -> &ApplyState {
         &self.apply
     }
 
+    /// The last applied index.
     pub fn applied_index(&self) -> u64 {
         self.apply.applied_index
     }
 
+    /// The index the log was truncated at (the log starts after it).
     pub fn truncated_index(&self) -> u64 {
         self.apply.truncated_index
     }
 
+    /// The last index in the log, persisted or not.
     pub fn last_index_now(&self) -> u64 {
         self.last_index
     }
@@ -162,10 +171,12 @@ impl RaftStorage {
         self.log_bytes
     }
 
+    /// The configuration as of the applied index.
     pub fn conf_state(&self) -> &ConfState {
         &self.conf_state
     }
 
+    /// The node's engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -208,11 +219,13 @@ impl RaftStorage {
         self.last_term = last.term;
     }
 
+    /// Adds the hard state to `wb`.
     pub fn set_hard_state(&mut self, wb: &mut WriteBatch, hs: &HardState) {
         self.hard_state = hs.clone();
         self.engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(self.group_id), &encode(hs));
     }
 
+    /// Adds a new commit index to `wb` (the rest of the hard state unchanged).
     pub fn set_commit(&mut self, wb: &mut WriteBatch, commit: u64) {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
@@ -227,6 +240,7 @@ impl RaftStorage {
         self.write_apply_state(wb);
     }
 
+    /// Records the configuration an applied membership change produced.
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.apply.conf_state = encode(&cs);
         self.conf_state = cs;

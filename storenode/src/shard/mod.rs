@@ -32,7 +32,8 @@ const VALUE_FORMAT_V1: u8 = 1;
 /// client's deadline) is treated as a new request.
 pub const DEDUP_WINDOW_ENTRIES: u64 = 200_000;
 /// Expired records are removed every this many entries: at index `i` (a
-/// multiple of it), the records written in `[i - WINDOW - EVERY, i - WINDOW)`.
+/// multiple of it, past the window), the records written in
+/// `[i - WINDOW - EVERY, i - WINDOW)`.
 /// Each sweep covers its own slice of indexes, at most one record per entry,
 /// so what a sweep removes depends only on the entries applied, never on how
 /// they were grouped into passes: every replica holds the same table.
@@ -162,12 +163,13 @@ impl ShardStateMachine {
     /// Drops the de-dup records that left the window at this entry (see
     /// [`DEDUP_GC_EVERY`]).
     fn expire_dedup(ctx: &mut ApplyContext<'_, Shard>) -> Result<()> {
-        if !ctx.index.is_multiple_of(DEDUP_GC_EVERY) || ctx.index < DEDUP_WINDOW_ENTRIES + DEDUP_GC_EVERY {
+        if !ctx.index.is_multiple_of(DEDUP_GC_EVERY) || ctx.index <= DEDUP_WINDOW_ENTRIES {
             return Ok(());
         }
         let shard_id = ctx.group.id;
         let below = ctx.index - DEDUP_WINDOW_ENTRIES;
-        let (_, lo) = keys::meta_dedup_by_index_range(shard_id, below - DEDUP_GC_EVERY);
+        // The first sweep starts at 0; each later one where the previous ended.
+        let (_, lo) = keys::meta_dedup_by_index_range(shard_id, below.saturating_sub(DEDUP_GC_EVERY));
         let (_, hi) = keys::meta_dedup_by_index_range(shard_id, below);
         for k in ctx.scan_keys(Cf::Meta, &lo, &hi, DEDUP_GC_EVERY as usize + 1)? {
             let id = keys::dedup_by_index_request_id(&k).to_vec();
@@ -389,5 +391,53 @@ mod tests {
         // The retry runs against the new value and succeeds, once.
         assert!(matches!(res[2].result, Some(CmdResult::Cas(CompareAndSwapResponse { succeeded: true, .. }))));
         assert!(matches!(res[3].result, Some(CmdResult::Cas(CompareAndSwapResponse { succeeded: true, .. }))));
+    }
+
+    /// Counts the de-dup records of shard 1 in the engine.
+    fn dedup_records(engine: &Engine) -> usize {
+        let (lo, hi) = keys::meta_dedup_range(1);
+        let mut it = engine.iter_range(Cf::Meta, &lo, &hi);
+        let mut n = 0;
+        while it.key().is_some() {
+            n += 1;
+            it.next();
+        }
+        n
+    }
+
+    /// Expires records at two sweep points, applied in one pass or in two.
+    fn expire_in_passes(one_pass: bool) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db")).unwrap();
+        // 6,000 old writes, one record each, at indexes 1..=6000.
+        let mut wb = rocksdb::WriteBatch::default();
+        for i in 1..=6000u64 {
+            let id = format!("req-{i}").into_bytes();
+            engine.put_cf(&mut wb, Cf::Meta, &keys::meta_dedup_key(1, &id), b"r");
+            engine.put_cf(&mut wb, Cf::Meta, &keys::meta_dedup_by_index_key(1, i, &id), &[]);
+        }
+        engine.write(wb, true).unwrap();
+        let shard = shard();
+        let mut sm = ShardStateMachine;
+        let mut batch = ApplyBatch::default();
+        // Two sweep points whose slices are [4800, 5824) and [5824, 6848).
+        for (n, index) in [201 * DEDUP_GC_EVERY, 202 * DEDUP_GC_EVERY].into_iter().enumerate() {
+            let put = Op::Put(PutRequest { context: None, key: b"k".to_vec(), value: b"v".to_vec() });
+            let mut ctx = batch.context(&engine, &shard, index);
+            sm.apply(&mut ctx, cmd(b"", put)).unwrap();
+            if !one_pass || n == 1 {
+                engine.write(batch.take(), false).unwrap();
+            }
+        }
+        dedup_records(&engine)
+    }
+
+    #[test]
+    fn dedup_expiry_does_not_depend_on_how_entries_were_grouped_into_passes() {
+        let (together, apart) = (expire_in_passes(true), expire_in_passes(false));
+        assert_eq!(together, apart, "replicas must hold the same de-dup table");
+        // Each sweep removed its own slice: the records (two keys each) of
+        // indexes 4800..=6000.
+        assert_eq!(apart, 2 * (6000 - 1201));
     }
 }
