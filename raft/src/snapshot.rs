@@ -489,3 +489,20 @@ mod install_tests {
         assert!(snapshot_group::<TestGroup>(&data, 3).is_err());
     }
 }
+
+#[cfg(test)]
+mod receive_name_tests {
+    use super::SnapshotDir;
+
+    #[test]
+    fn two_transfers_of_one_snapshot_write_different_files_that_a_restart_removes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::new(tmp.path().to_path_buf()).unwrap();
+        let (a, b) = (dir.receiving(7, 2, 100), dir.receiving(7, 2, 100));
+        assert_ne!(a, b);
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::write(&b, b"y").unwrap();
+        SnapshotDir::new(tmp.path().to_path_buf()).unwrap();
+        assert!(!a.exists() && !b.exists(), "half-received files go at start-up");
+    }
+}

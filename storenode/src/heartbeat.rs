@@ -45,6 +45,7 @@ fn report(r: ReplicaStatus) -> ReplicaReport {
         is_leader: r.is_leader,
         applied_index: r.applied_index,
         down_replicas: down,
+        failure: r.failure,
     }
 }
 

@@ -339,3 +339,45 @@ async fn cas_under_concurrent_writers_is_a_register() {
     println!("CAS conflicts: {conflicts}");
     c.shutdown().await;
 }
+
+/// Found by trying it as a new user would: with 2 of 3 storenodes down, a
+/// write to a shard whose leader survived waited out the storenode's own 5 s
+/// instead of the caller's budget. The caller's deadline now travels in the
+/// request: the leader answers "outcome unknown" by then, and it answers at
+/// once as soon as it steps down (check-quorum) rather than never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_commit_is_answered_by_the_callers_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = start(dir.path(), 10_000).await;
+    let leaders = c.wait_for_leaders(Duration::from_secs(20)).await.expect("leaders");
+    // A shard led by node 1; then nodes 2 and 3 go away.
+    let shard_id = *leaders.iter().find(|(_, n)| **n == 1).expect("node 1 leads a shard").0;
+    let key = (0u32..)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| c.client().shard_for(k).id == shard_id)
+        .expect("a key of that shard");
+    let epoch = c.client().shard_for(&key).epoch;
+    c.stop(2).await;
+    c.stop(3).await;
+    let mut kv = ShardKvClient::new(connect(&c.addr(1)).await.expect("connect"));
+    let started = Instant::now();
+    let res = kv
+        .put(PutRequest {
+            context: Some(RequestContext { shard_id, epoch, request_id: b"deadline-1".to_vec(), timeout_ms: 1000 }),
+            key: key.clone(),
+            value: b"v".to_vec(),
+        })
+        .await;
+    let took = started.elapsed();
+    let status = res.expect_err("nothing can commit with one voter of three");
+    // Ambiguous (the entry may still commit) or NotLeader/Unavailable (the
+    // leader stepped down first): never a success, and never the node's own
+    // 5 s request timeout.
+    let e = classify(&status);
+    assert!(
+        matches!(e, Error::Ambiguous(_) | Error::NotLeader { .. } | Error::Retryable(_)),
+        "unexpected answer {e:?}"
+    );
+    assert!(took < Duration::from_millis(3500), "answered after {took:?}, not by the caller's 1 s deadline");
+    c.shutdown().await;
+}
