@@ -592,6 +592,11 @@ impl Cluster {
                     fmt_group(&s.group)
                 ));
             }
+            let mut tombs: Vec<_> = lp.tombstones.iter().collect();
+            tombs.sort_by_key(|(g, _)| **g);
+            for (g, t) in tombs {
+                out.push(format!("n{id} g{g} tombstone r{} conf_ver={}", t.replica_id, t.conf_ver));
+            }
         }
     }
 
@@ -713,6 +718,19 @@ impl Cluster {
                 self.request(n, g, "remove-replica".into(), Rx::Unit(rx));
             }
             "status" => self.status(a.nodes(), out),
+            "progress" => {
+                let n = a.node();
+                let r = &self.lp(n).replicas[&g];
+                let mut prs: Vec<String> = r
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(id, p)| format!("r{id}:{:?} matched={} next={}", p.state, p.matched, p.next_idx))
+                    .collect();
+                prs.sort();
+                out.push(format!("n{n} g{g} progress {}", prs.join(" ")));
+            }
             "dump" => {
                 let n = a.node();
                 let lp = self.lp(n);
@@ -958,5 +976,45 @@ macro_rules! scripts {
 }
 
 scripts! {
+    apply_failure_fences_the_replica,
+    commit_needs_a_quorum,
+    commit_with_one_follower_cut_off,
+    conf_add_learner,
+    conf_change_on_follower_is_refused,
+    conf_joint_change_of_two_voters,
+    conf_promote_learner,
+    conf_refused_demote_last_voter,
+    conf_refused_node_already_hosts_a_member,
+    conf_refused_remove_leader,
+    conf_refused_stale_epoch,
+    conf_remove_voter,
+    conf_second_change_while_one_is_pending,
+    crash_with_a_pending_proposal,
+    deadline_passed_answers_ambiguous,
+    election_after_leader_isolation,
     election_single_node,
+    election_three_nodes,
+    empty_command_is_refused,
+    full_inbox_answers_busy,
+    leader_read_on_follower_is_refused,
+    leader_transfer,
+    learner_never_campaigns,
+    local_read_may_be_stale,
+    many_groups_share_one_fsync,
+    prevote_keeps_partitioned_node_from_disrupting,
+    proposal_to_follower_names_the_leader,
+    read_index_on_follower,
+    read_index_on_leader,
+    read_on_deposed_leader_is_refused,
+    remove_replica_by_hand_leaves_a_tombstone,
+    replication_to_all_replicas,
+    restart_follower_catches_up_by_snapshot,
+    restart_keeps_committed_data_and_term_and_vote,
+    restart_of_the_leader,
+    snapshot_catch_up_after_log_compaction,
+    snapshot_for_a_member_added_after_it_was_generated,
+    snapshot_naming_another_group_is_refused,
+    stale_version_proposal_is_answered_stale,
+    step_down_answers_pending_proposals_ambiguous,
+    tombstone_refuses_late_create_and_old_traffic,
 }
