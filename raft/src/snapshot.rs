@@ -52,12 +52,19 @@ pub struct SnapshotSlot {
 
 impl SnapshotSlot {
     /// The generated snapshot, if it is recent enough to be useful: at or past
-    /// `request_index`, and not older than the log's start (else the follower
-    /// could not continue from it by log).
-    pub fn ready_snapshot(&self, request_index: u64, truncated_index: u64) -> Option<Snapshot> {
+    /// `request_index`, not older than the log's start (else the follower
+    /// could not continue from it by log), and taken after replica `to`
+    /// joined. raft-rs on the receiver refuses a snapshot whose conf state
+    /// does not list it ("not in the ConfState"): handing such a snapshot
+    /// out again and again would never let a new member catch up (found by
+    /// the scripted test `conf_joint_change_of_two_voters`: a second learner
+    /// added after the first one's snapshot was sent that snapshot forever).
+    pub fn ready_snapshot(&self, request_index: u64, truncated_index: u64, to: u64) -> Option<Snapshot> {
         let s = self.ready.as_ref()?;
-        let idx = s.get_metadata().index;
-        (idx >= request_index && idx >= truncated_index).then(|| s.clone())
+        let md = s.get_metadata();
+        let cs = md.get_conf_state();
+        let lists_to = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).any(|id| *id == to);
+        (md.index >= request_index && md.index >= truncated_index && lists_to).then(|| s.clone())
     }
 
     /// raft-rs asked for a snapshot: generate one unless a generation runs.
@@ -395,6 +402,25 @@ impl<W: Write> Write for ChecksumWriter<W> {
 /// Decodes a raft-rs snapshot from bytes (for messages read off the wire).
 pub fn parse_snapshot(b: &[u8]) -> Result<Snapshot> {
     Snapshot::parse_from_bytes(b).map_err(|e| Error::Corrupt(format!("snapshot: {e}")))
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn a_ready_snapshot_is_not_handed_to_a_replica_it_does_not_list() {
+        let mut slot = SnapshotSlot::default();
+        let mut s = Snapshot::default();
+        s.mut_metadata().index = 8;
+        s.mut_metadata().mut_conf_state().voters = vec![11, 12, 13];
+        s.mut_metadata().mut_conf_state().learners = vec![14];
+        slot.finish(Some(s));
+        assert!(slot.ready_snapshot(0, 6, 14).is_some(), "the learner it lists");
+        assert!(slot.ready_snapshot(0, 6, 15).is_none(), "a member added after it was taken");
+        slot.request();
+        assert!(slot.take_request(), "a fresh one is generated instead");
+    }
 }
 
 #[cfg(test)]

@@ -412,9 +412,9 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut slot = self.snapshot.lock();
-        if let Some(snap) = slot.ready_snapshot(request_index, self.apply.truncated_index) {
+        if let Some(snap) = slot.ready_snapshot(request_index, self.apply.truncated_index, to) {
             return Ok(snap);
         }
         slot.request();

@@ -90,7 +90,12 @@ pub(super) fn apply_entries<S: StateMachine>(
         match e.get_entry_type() {
             EntryType::EntryNormal => {
                 if e.data.is_empty() {
-                    continue; // a new leader's empty entry
+                    // A new leader's empty entry, or one raft-rs put in place
+                    // of a refused proposal: whoever waited for it is told so.
+                    if let Some(w) = waiter {
+                        answers.push(Answer::Fail(w, Error::Retryable("proposal replaced by raft-rs".into())));
+                    }
+                    continue;
                 }
                 let resp = match S::Command::decode(e.data.as_ref()) {
                     Ok(cmd) => {

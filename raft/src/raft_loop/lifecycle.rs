@@ -232,6 +232,11 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             engine.put_cf(&mut wb, Cf::Meta, &keys::tombstone_key(group_id), &tomb.encode_to_vec());
             let result = engine.write(wb, true).map_err(Error::from);
             snap_dir.remove_generated_except(group_id, None);
+            // Let go of the RocksDB before reporting: whoever waits for the
+            // report (a test reopening the node's directory after dropping
+            // the loop) must find it closed (the scripted harness and the
+            // tombstone unit test hit RocksDB's lock under load).
+            drop(engine);
             let _ = handle.send_internal(LoopRequest::ReplicaDestroyed { group_id, result });
         });
         if let Err(e) = spawned {

@@ -368,4 +368,6 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
 }
 
 #[cfg(test)]
+mod scripted;
+#[cfg(test)]
 mod tests;

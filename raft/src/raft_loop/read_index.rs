@@ -16,6 +16,16 @@ use super::api::Callback;
 use crate::error::Error;
 use crate::storage::RaftStorage;
 
+/// The context of a ReadIndex request: this replica's id, then its own
+/// counter. The leader keeps pending requests by context and ignores one
+/// whose context is already pending, so contexts must be unique across the
+/// group's replicas: with the counter alone, two followers' first reads (both
+/// context 0) collided and the second waited for the re-ask after an election
+/// timeout (found by the scripted test `read_index_on_follower`).
+fn request_ctx(replica_id: u64, ctx: u64) -> Vec<u8> {
+    [replica_id.to_be_bytes(), ctx.to_be_bytes()].concat()
+}
+
 /// One waiting read.
 pub(super) struct ReadWaiter<G> {
     pub cb: Callback<G>,
@@ -57,14 +67,14 @@ impl<G: Clone> Reads<G> {
         let ctx = self.next_ctx;
         self.next_ctx += 1;
         self.issued.insert(ctx, (std::mem::take(&mut self.batch), tick));
-        raw.read_index(ctx.to_be_bytes().to_vec());
+        raw.read_index(request_ctx(raw.raft.id, ctx));
         true
     }
 
     /// Takes raft-rs's answers.
     pub fn confirm(&mut self, states: Vec<ReadState>) {
         for rs in states {
-            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            let ctx = rs.request_ctx.get(8..).and_then(|c| c.try_into().ok()).map_or(u64::MAX, u64::from_be_bytes);
             if let Some((w, _)) = self.issued.remove(&ctx) {
                 self.confirmed.push_back((rs.index, w));
             }
@@ -89,7 +99,7 @@ impl<G: Clone> Reads<G> {
         for (ctx, (_, at)) in self.issued.iter_mut() {
             if tick - *at >= reissue_after {
                 *at = tick;
-                raw.read_index(ctx.to_be_bytes().to_vec());
+                raw.read_index(request_ctx(raw.raft.id, *ctx));
                 asked = true;
             }
         }

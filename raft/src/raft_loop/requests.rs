@@ -77,8 +77,15 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             if let Some(answer) = S::check_proposal(&r.group, &cmd) {
                 return Ok(Err(answer));
             }
+            let data = cmd.encode_to_vec();
+            // Apply skips empty entries (a new leader's no-op) on every
+            // replica: a command that encodes to no bytes would never be
+            // applied nor its caller answered.
+            if data.is_empty() {
+                return Err(Error::invalid("command", "encodes to no bytes"));
+            }
             let before = r.raw.raft.raft_log.last_index();
-            match r.raw.propose(vec![], cmd.encode_to_vec()) {
+            match r.raw.propose(vec![], data) {
                 Ok(()) => {}
                 // Over `max_uncommitted_bytes`, or a leader transfer in progress.
                 Err(raft::Error::ProposalDropped) => {
@@ -215,6 +222,13 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         cc.set_changes(singles.into());
         cc.set_transition(ConfChangeTransition::Auto);
         check_conf_change(&r.raw.raft, &cc)?;
+        // raft-rs does not refuse a change proposed while another is still
+        // unapplied: it silently appends an empty normal entry in its place,
+        // which apply skips, so the caller's callback was dropped unanswered
+        // (found by the scripted test `conf_second_change_while_one_is_pending`).
+        if r.raw.raft.has_pending_conf() {
+            return Err(Error::Retryable("membership change already in progress".into()));
+        }
         let ctx = ConfChangeContext { members }.encode_to_vec();
         let before = r.raw.raft.raft_log.last_index();
         r.raw.propose_conf_change(ctx, cc)?;

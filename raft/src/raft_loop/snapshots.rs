@@ -38,6 +38,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 Err(e) => tracing::warn!(group = id, "snapshot generation failed: {e}"),
             }
             slot.lock().finish(res.ok());
+            drop(engine); // before reporting: see `destroy` in lifecycle.rs
             let _ = handle.send_internal(LoopRequest::SnapshotGenerated { group_id: id });
         });
         if let Err(e) = spawned {
@@ -56,6 +57,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             (self.engine.clone(), r.group.clone(), r.replica_id, self.handle.clone());
         let spawned = std::thread::Builder::new().name(format!("snap-install-{id}")).spawn(move || {
             let result = snapshot::install(&engine, &group, replica_id, &state);
+            drop(engine); // before reporting: see `destroy` in lifecycle.rs
             let _ = handle.send_internal(LoopRequest::SnapshotInstalled { group_id: id, index, result });
         });
         if let Err(e) = spawned {
