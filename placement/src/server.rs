@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use ringkv_common::server::{bind, HttpRouter, Serving, StartError};
 use ringkv_proto::meta::{Epoch, Replica, ReplicaRole, ShardDescriptor};
 use ringkv_proto::placement::placement_server::PlacementServer as PlacementGrpc;
 use ringkv_storenode::config::RaftSettings;
@@ -15,7 +16,6 @@ use ringkv_storenode::metrics::Metrics;
 use ringkv_storenode::raft::node::RaftNode;
 use ringkv_storenode::raft::raft_loop::Msg;
 use ringkv_storenode::raft::transport::AddressBook;
-use ringkv_storenode::server::{bind, HttpRouter, Serving, StartError};
 
 use crate::service::{Liveness, PlacementService};
 use crate::state::{PlacementStateMachine, Shared};
@@ -72,10 +72,10 @@ impl PlacementServer {
             book.set(*m, addr.clone());
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
-        ringkv_storenode::net::set_source_from(grpc_addr);
+        ringkv_common::net::set_source_from(grpc_addr);
         let shared = Shared::new();
         let sm_shared = shared.clone();
-        let open_err = |source| StartError::Open { path: cfg.data_dir.clone(), source };
+        let open_err = |source: ringkv_storenode::Error| StartError::open(cfg.data_dir.clone(), source);
         let raft = RaftNode::open(id, cfg.data_dir.clone(), &cfg.raft, book, metrics.clone(), move || {
             PlacementStateMachine::new(sm_shared.clone())
         })

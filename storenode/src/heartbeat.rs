@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::{NodeHeartbeatRequest, RegisterNodeRequest, ReplicaReport};
 use ringkv_proto::raft::ReplicaStatus;
 use tokio::sync::{oneshot, watch};
 
-use crate::placement_client::PlacementClient;
 use crate::raft::raft_loop::{LoopHandle, Msg};
 use crate::raft::transport::AddressBook;
 use crate::shard::ShardStateMachine;
