@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use ringkv_common::server::{bind, HttpRouter, Serving, StartError};
 use ringkv_proto::placement::placement_server::PlacementServer as PlacementGrpc;
 use ringkv_raft::node::RaftNode;
 use ringkv_raft::transport::AddressBook;
 use ringkv_raft::{LoopRequest, RaftConfig, RaftMetrics};
-use ringkv_storenode::server::{bind, HttpRouter, Serving, StartError};
 
 use crate::group::PlacementGroup;
 use crate::service::{Liveness, PlacementService};
@@ -57,10 +57,10 @@ impl PlacementServer {
             book.set(*m, addr.clone());
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
-        ringkv_storenode::net::set_source_from(grpc_addr);
+        ringkv_common::net::set_source_from(grpc_addr);
         let shared = Shared::new();
         let sm_shared = shared.clone();
-        let open_err = |e: ringkv_raft::Error| StartError::Open { path: cfg.data_dir.clone(), source: e.into() };
+        let open_err = |e: ringkv_raft::Error| StartError::open(cfg.data_dir.clone(), e);
         let raft = RaftNode::open(
             id,
             cfg.data_dir.clone(),

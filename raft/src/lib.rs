@@ -51,7 +51,6 @@ pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod metrics;
-pub mod net;
 pub mod node;
 pub mod raft_loop;
 pub mod snapshot;

@@ -227,8 +227,8 @@ impl<S: StateMachine> PeerTask<S> {
     }
 
     async fn stream(&self, addr: &str, rx: &mut mpsc::Receiver<RaftBatch>) -> StreamEnd {
-        let channel = match crate::net::endpoint(addr) {
-            Ok(ep) => match crate::net::connect_endpoint(ep).await {
+        let channel = match ringkv_common::net::endpoint(addr) {
+            Ok(ep) => match ringkv_common::net::connect_endpoint(ep).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(from = self.from, to = self.node_id, "connect {addr}: {e}");
@@ -285,7 +285,7 @@ async fn send_snapshot_file(
     rate: &RateLimiter,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = book.get(node_id).ok_or("unknown node address")?;
-    let mut client = RaftTransportClient::new(crate::net::connect(&addr).await?);
+    let mut client = RaftTransportClient::new(ringkv_common::net::connect(&addr).await?);
     let mut file = tokio::fs::File::open(path).await?;
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
     let reader = async move {

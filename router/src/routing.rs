@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::Rng;
+use ringkv_common::net::connect;
+use ringkv_common::wire_error::WireError;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::RequestContext;
 use ringkv_proto::meta::ShardDescriptor;
-use ringkv_storenode::error::from_status;
-use ringkv_storenode::net::connect;
-use ringkv_storenode::testkit::classify;
-use ringkv_storenode::Error;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -77,11 +75,11 @@ impl Router {
         Router { map, channels: Mutex::new(HashMap::new()), inflight: Semaphore::new(max_inflight.max(1)) }
     }
 
-    async fn client(&self, addr: &str) -> Result<ShardKvClient<Channel>, Error> {
+    async fn client(&self, addr: &str) -> Result<ShardKvClient<Channel>, WireError> {
         if let Some(c) = self.channels.lock().get(addr) {
             return Ok(ShardKvClient::new(c.clone()));
         }
-        let ch = connect(addr).await.map_err(|e| Error::Retryable(format!("connect {addr}: {e}")))?;
+        let ch = connect(addr).await.map_err(|e| WireError::Retryable(format!("connect {addr}: {e}")))?;
         self.channels.lock().insert(addr.to_string(), ch.clone());
         Ok(ShardKvClient::new(ch))
     }
@@ -110,7 +108,7 @@ impl Router {
             let err = match shard {
                 None => {
                     self.map.request_refresh();
-                    Error::Retryable("no shard map yet".into())
+                    WireError::Retryable("no shard map yet".into())
                 }
                 Some(shard) => match self.attempt(&shard, attempt, request_id, deadline, &f).await {
                     Ok(r) => return Ok(r),
@@ -122,19 +120,18 @@ impl Router {
             };
             attempt += 1;
             match &err {
-                Error::InvalidArgument { field, reason } => {
+                WireError::InvalidArgument { field, reason } => {
                     return Err(RouteError::Invalid { field: field.clone(), reason: reason.clone() })
                 }
                 // Ambiguous answers are retried with the same request id: a
                 // success or a typed refusal later settles the outcome.
-                Error::Ambiguous(_) => maybe_applied = true,
-                Error::NotLeader { .. }
-                | Error::EpochMismatch(_)
-                | Error::KeyNotInShard { .. }
-                | Error::ShardNotFound(_)
-                | Error::Retryable(_)
-                | Error::Stopped
-                | Error::Busy(_) => {}
+                WireError::Ambiguous(_) => maybe_applied = true,
+                WireError::NotLeader { .. }
+                | WireError::EpochMismatch(_)
+                | WireError::KeyNotInShard { .. }
+                | WireError::ShardNotFound(_)
+                | WireError::Retryable(_)
+                | WireError::Busy(_) => {}
                 other if is_write && maybe_applied => {
                     return Err(RouteError::Ambiguous(format!(
                         "an earlier attempt may have been applied; then: {other}"
@@ -147,7 +144,7 @@ impl Router {
             if Instant::now() + sleep >= deadline {
                 return Err(match (&err, is_write && maybe_applied) {
                     (_, true) => RouteError::Ambiguous(format!("deadline passed; last error: {err}")),
-                    (Error::Busy(m), _) => RouteError::Overloaded(m.clone()),
+                    (WireError::Busy(m), _) => RouteError::Overloaded(m.clone()),
                     _ => RouteError::Unavailable(format!("deadline passed; last error: {err}")),
                 });
             }
@@ -163,7 +160,7 @@ impl Router {
         request_id: &[u8],
         deadline: Instant,
         f: &F,
-    ) -> Result<T, Error>
+    ) -> Result<T, WireError>
     where
         F: Fn(ShardKvClient<Channel>, RequestContext) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -172,7 +169,7 @@ impl Router {
             let n = shard.replicas.len().max(1);
             shard.replicas.get(attempt % n).map_or(0, |r| r.node_id)
         });
-        let addr = self.map.address(node).ok_or_else(|| Error::Retryable(format!("no address for node {node}")))?;
+        let addr = self.map.address(node).ok_or_else(|| WireError::Retryable(format!("no address for node {node}")))?;
         let client = self.client(&addr).await?;
         // The storenode answers within what is left of the deadline, so a
         // stuck shard cannot hold the caller past it.
@@ -185,24 +182,24 @@ impl Router {
         };
         match f(client, ctx).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) => {
-                if from_status(&s).is_some() {
-                    return Err(classify(&s));
-                }
+            Err(s) => match WireError::from_status(&s) {
                 // No typed answer: the request may have reached the leader
                 // and been proposed before the connection failed.
-                self.channels.lock().remove(&addr);
-                Err(Error::Ambiguous(format!("{}: {}", s.code(), s.message())))
-            }
+                WireError::Transport { code, message } => {
+                    self.channels.lock().remove(&addr);
+                    Err(WireError::Ambiguous(format!("{code}: {message}")))
+                }
+                typed => Err(typed),
+            },
         }
     }
 
     /// Updates the caches from a failed attempt.
-    fn learn(&self, shard: &ShardDescriptor, e: &Error) {
+    fn learn(&self, shard: &ShardDescriptor, e: &WireError) {
         match e {
-            Error::NotLeader { leader: Some(l), .. } => self.map.set_leader(shard.id, Some(l.node_id)),
-            Error::EpochMismatch(current) => self.map.update_shard((**current).clone()),
-            Error::KeyNotInShard { .. } | Error::ShardNotFound(_) => {
+            WireError::NotLeader { leader: Some(l), .. } => self.map.set_leader(shard.id, Some(l.node_id)),
+            WireError::EpochMismatch(current) => self.map.update_shard((**current).clone()),
+            WireError::KeyNotInShard { .. } | WireError::ShardNotFound(_) => {
                 self.map.set_leader(shard.id, None);
                 self.map.request_refresh();
             }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringkv_common::limits::Limits;
+use ringkv_common::placement_client::PlacementClient;
+use ringkv_common::server::{bind, Serving, StartError};
 use ringkv_proto::api::kv_server::KvServer;
-use ringkv_storenode::config::Limits;
-use ringkv_storenode::placement_client::PlacementClient;
-use ringkv_storenode::server::{bind, Serving, StartError};
 
 use crate::routing::Router;
 use crate::service::KvService;
@@ -42,7 +42,7 @@ impl RouterServer {
             return Err(StartError::Other("a router needs at least one placement address".into()));
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
-        ringkv_storenode::net::set_source_from(grpc_addr);
+        ringkv_common::net::set_source_from(grpc_addr);
         let mut serving = Serving::default();
         let map = ShardMapCache::new(Arc::new(PlacementClient::new(cfg.placement.clone())));
         let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));

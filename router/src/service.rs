@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use prost::Message;
+use ringkv_common::hashing;
+use ringkv_common::limits::Limits;
 use ringkv_proto::api::kv_server::Kv;
 use ringkv_proto::api::{
     AtomicBatchRequest, AtomicBatchResponse, BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse,
@@ -15,8 +17,6 @@ use ringkv_proto::api::{
     GetRequest, GetResponse, KeyResult, PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
 use ringkv_proto::kv as shard;
-use ringkv_storenode::config::Limits;
-use ringkv_storenode::keys;
 use tonic::{Code, Request, Response, Status};
 
 use crate::routing::{CallOptions, RouteError, Router, Target};
@@ -340,8 +340,8 @@ impl KvService {
             self.check_key(k)?;
         }
         // Keys that share hash_part share a hash, hence a shard: one Raft entry.
-        let tag = keys::hash_part(all[0]);
-        if all.iter().any(|k| keys::hash_part(k) != tag) {
+        let tag = hashing::hash_part(all[0]);
+        if all.iter().any(|k| hashing::hash_part(k) != tag) {
             return Err(ApiError {
                 code: ErrorCode::CrossTag as i32,
                 message: "an atomic batch needs keys that share one hash tag, like user:{42}:name and user:{42}:email"
@@ -385,10 +385,10 @@ impl KvService {
         if shards.is_empty() {
             return Err(api_error(&RouteError::Unavailable("no shard map yet".into()), &req.prefix));
         }
-        let tagged = keys::prefix_hash(&req.prefix);
+        let tagged = hashing::prefix_hash(&req.prefix);
         // The shards to visit, in ring order.
         let targets: Vec<u64> = match tagged {
-            Some(h) => shards.iter().filter(|s| keys::in_range(h, s.start, s.end)).map(|s| s.id).collect(),
+            Some(h) => shards.iter().filter(|s| hashing::in_range(h, s.start, s.end)).map(|s| s.id).collect(),
             None => shards.iter().map(|s| s.id).collect(),
         };
         if !req.continuation.is_empty() {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use ringkv_common::hashing;
+use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::placement::{GetShardMapRequest, ShardMap, WatchShardMapRequest};
-use ringkv_storenode::keys;
-use ringkv_storenode::placement_client::PlacementClient;
 use tokio::sync::{watch, Notify};
 
 #[derive(Default)]
@@ -81,11 +81,11 @@ impl ShardMapCache {
 
     /// The shard owning `key`, if the map has one.
     pub fn shard_for(&self, key: &[u8]) -> Option<ShardDescriptor> {
-        let h = keys::key_hash(key);
+        let h = hashing::key_hash(key);
         let inner = self.inner.read();
         let i = inner.shards.partition_point(|s| s.start <= h).checked_sub(1)?;
         let s = &inner.shards[i];
-        keys::in_range(h, s.start, s.end).then(|| s.clone())
+        hashing::in_range(h, s.start, s.end).then(|| s.clone())
     }
 
     pub fn shards(&self) -> Vec<ShardDescriptor> {

@@ -1,15 +1,15 @@
 //! Storenode configuration: every field has a default that suits a laptop,
 //! and the whole struct can come from a TOML file.
 
+use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
-
-use serde::Deserialize;
 
 use ringkv_raft::RaftConfig;
 
 use crate::keys::MAX_KEY_LEN_HARD;
+/// Request limits, shared with routers.
+pub use ringkv_common::limits::Limits;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,16 +43,6 @@ pub struct Peer {
     pub address: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    pub max_batch_keys: usize,
-    /// How long a request may wait for Raft before the outcome is reported unknown.
-    pub request_timeout_ms: u64,
-}
-
 impl Default for StorenodeConfig {
     fn default() -> Self {
         StorenodeConfig {
@@ -72,18 +62,6 @@ impl Default for StorenodeConfig {
     }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_key_bytes: 4096, max_value_bytes: 1 << 20, max_batch_keys: 1024, request_timeout_ms: 5000 }
-    }
-}
-
-impl Limits {
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -92,6 +70,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("invalid config: {0}")]
     Invalid(String),
+}
+
+impl From<ConfigError> for ringkv_common::server::StartError {
+    fn from(e: ConfigError) -> Self {
+        ringkv_common::server::StartError::Config(Box::new(e))
+    }
 }
 
 impl StorenodeConfig {

@@ -1,8 +1,10 @@
 //! The storenode's error type, and its mapping to a gRPC status that carries
-//! the typed `ShardError` in its details (never a string to parse).
+//! the typed `ShardError` in its details (never a string to parse). The wire
+//! form itself, and reading it back from a status, is
+//! [`ringkv_common::wire_error::WireError`]'s.
 
-use prost::Message;
-use ringkv_proto::error::{self as pb, shard_error::Kind};
+use ringkv_common::wire_error::WireError;
+use ringkv_proto::error as pb;
 use ringkv_proto::meta::{Replica, ShardDescriptor};
 use tonic::{Code, Status};
 
@@ -78,78 +80,75 @@ impl Error {
         Error::InvalidArgument { field: field.to_string(), reason: reason.into() }
     }
 
+    /// What a client sees of this error, for errors it can act on; `None`
+    /// for internal ones.
+    pub fn to_wire(&self) -> Option<WireError> {
+        Some(match self {
+            Error::NotLeader { shard_id, leader, leader_address } => {
+                WireError::NotLeader { shard_id: *shard_id, leader: *leader, leader_address: leader_address.clone() }
+            }
+            Error::EpochMismatch(d) => WireError::EpochMismatch(d.clone()),
+            Error::ShardNotFound(id) => WireError::ShardNotFound(*id),
+            Error::KeyNotInShard { key, shard } => WireError::KeyNotInShard { key: key.clone(), shard: shard.clone() },
+            Error::InvalidArgument { field, reason } => {
+                WireError::InvalidArgument { field: field.clone(), reason: reason.clone() }
+            }
+            Error::Ambiguous(r) => WireError::Ambiguous(r.clone()),
+            Error::Retryable(r) => WireError::Retryable(r.clone()),
+            Error::Stopped => WireError::Retryable(self.to_string()),
+            Error::Busy(r) => WireError::Busy(r.clone()),
+            _ => return None,
+        })
+    }
+
     /// The typed wire form, for errors a client can act on; `None` for internal ones.
     pub fn to_proto(&self) -> Option<pb::ShardError> {
-        let kind = match self {
-            Error::NotLeader { shard_id, leader, leader_address } => Kind::NotLeader(pb::NotLeader {
-                shard_id: *shard_id,
-                leader: *leader,
-                leader_address: leader_address.clone(),
-            }),
-            Error::EpochMismatch(d) => Kind::EpochMismatch(pb::EpochMismatch { current: Some((**d).clone()) }),
-            Error::ShardNotFound(id) => Kind::ShardNotFound(pb::ShardNotFound { shard_id: *id }),
-            Error::KeyNotInShard { key, shard } => {
-                Kind::KeyNotInShard(pb::KeyNotInShard { key: key.clone(), shard: Some((**shard).clone()) })
-            }
-            Error::InvalidArgument { field, reason } => {
-                Kind::InvalidArgument(pb::InvalidArgument { field: field.clone(), reason: reason.clone() })
-            }
-            Error::Ambiguous(r) => Kind::Ambiguous(pb::Ambiguous { reason: r.clone() }),
-            Error::Retryable(r) => Kind::Retryable(pb::Retryable { reason: r.clone() }),
-            Error::Stopped => Kind::Retryable(pb::Retryable { reason: self.to_string() }),
-            Error::Busy(r) => Kind::ServerBusy(pb::ServerBusy { reason: r.clone() }),
-            _ => return None,
-        };
-        Some(pb::ShardError { kind: Some(kind) })
+        self.to_wire().and_then(|w| w.to_proto())
     }
 
     /// Rebuilds the error from its wire form (the inverse of [`Error::to_proto`]).
     pub fn from_proto(e: pb::ShardError) -> Error {
-        match e.kind {
-            Some(Kind::NotLeader(n)) => {
-                Error::NotLeader { shard_id: n.shard_id, leader: n.leader, leader_address: n.leader_address }
-            }
-            Some(Kind::EpochMismatch(m)) => Error::EpochMismatch(Box::new(m.current.unwrap_or_default())),
-            Some(Kind::ShardNotFound(s)) => Error::ShardNotFound(s.shard_id),
-            Some(Kind::KeyNotInShard(k)) => {
-                Error::KeyNotInShard { key: k.key, shard: Box::new(k.shard.unwrap_or_default()) }
-            }
-            Some(Kind::InvalidArgument(i)) => Error::InvalidArgument { field: i.field, reason: i.reason },
-            Some(Kind::Ambiguous(a)) => Error::Ambiguous(a.reason),
-            Some(Kind::Retryable(r)) => Error::Retryable(r.reason),
-            Some(Kind::ServerBusy(b)) => Error::Busy(b.reason),
-            None => Error::Corrupt("empty ShardError".into()),
-        }
+        WireError::from_proto(e).into()
     }
 
     pub fn code(&self) -> Code {
-        match self {
-            Error::NotLeader { .. } | Error::EpochMismatch(_) | Error::KeyNotInShard { .. } => Code::FailedPrecondition,
-            Error::ShardNotFound(_) => Code::NotFound,
-            Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::Ambiguous(_) => Code::DeadlineExceeded,
-            Error::Retryable(_) | Error::Stopped => Code::Unavailable,
-            Error::Busy(_) => Code::ResourceExhausted,
-            _ => Code::Internal,
+        self.to_wire().map_or(Code::Internal, |w| w.code())
+    }
+}
+
+/// A storenode's answer as a storenode error; a failed call without a typed
+/// answer becomes the closest kind by its status code.
+impl From<WireError> for Error {
+    fn from(w: WireError) -> Error {
+        match w {
+            WireError::NotLeader { shard_id, leader, leader_address } => {
+                Error::NotLeader { shard_id, leader, leader_address }
+            }
+            WireError::EpochMismatch(d) => Error::EpochMismatch(d),
+            WireError::ShardNotFound(id) => Error::ShardNotFound(id),
+            WireError::KeyNotInShard { key, shard } => Error::KeyNotInShard { key, shard },
+            WireError::InvalidArgument { field, reason } => Error::InvalidArgument { field, reason },
+            WireError::Ambiguous(r) => Error::Ambiguous(r),
+            WireError::Retryable(r) => Error::Retryable(r),
+            WireError::Busy(r) => Error::Busy(r),
+            WireError::Transport { code, message } => match code {
+                Code::Unavailable | Code::Unknown | Code::Cancelled => Error::Retryable(message),
+                Code::DeadlineExceeded => Error::Ambiguous(message),
+                Code::InvalidArgument => Error::invalid("request", message),
+                _ => Error::Corrupt(format!("{code}: {message}")),
+            },
+            WireError::Other(m) => Error::Corrupt(m),
         }
     }
 }
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
-        match e.to_proto() {
-            Some(p) => Status::with_details(e.code(), e.to_string(), p.encode_to_vec().into()),
-            None => Status::new(e.code(), e.to_string()),
+        match e.to_wire() {
+            Some(w) => w.to_status(e.to_string()),
+            None => Status::new(Code::Internal, e.to_string()),
         }
     }
-}
-
-/// The typed error inside a status returned by a storenode, if it has one.
-pub fn from_status(s: &Status) -> Option<Error> {
-    if s.details().is_empty() {
-        return None;
-    }
-    pb::ShardError::decode(s.details()).ok().map(Error::from_proto)
 }
 
 #[cfg(test)]
@@ -165,14 +164,20 @@ mod tests {
         };
         let s: Status = e.into();
         assert_eq!(s.code(), Code::FailedPrecondition);
-        match from_status(&s) {
-            Some(Error::NotLeader { shard_id: 3, leader: Some(l), .. }) => {
+        match Error::from(WireError::from_status(&s)) {
+            Error::NotLeader { shard_id: 3, leader: Some(l), .. } => {
                 assert_eq!(l.replica_id, 7)
             }
             other => panic!("unexpected {other:?}"),
         }
         let s: Status = Error::invalid("key", "empty").into();
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(matches!(from_status(&s), Some(Error::InvalidArgument { .. })));
+        assert!(matches!(WireError::from_status(&s), WireError::InvalidArgument { .. }));
+        let s: Status = Error::Stopped.into();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(matches!(WireError::from_status(&s), WireError::Retryable(_)));
+        let s: Status = Error::Corrupt("x".into()).into();
+        assert_eq!(s.code(), Code::Internal);
+        assert!(WireError::from_status(&s).is_transport());
     }
 }

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::{NodeHeartbeatRequest, RegisterNodeRequest, ReplicaReport};
 use ringkv_proto::raft::ReplicaStatus;
 use ringkv_raft::transport::AddressBook;
 use ringkv_raft::{LoopHandle, LoopRequest};
 use tokio::sync::watch;
 
-use crate::placement_client::PlacementClient;
 use crate::service::admin::status_to_proto;
 use crate::shard::{Shard, ShardStateMachine};
 

@@ -7,7 +7,10 @@
 //! - [`keys`]: the layout of shard data and de-dup records.
 //! - [`shard`]: the key-value state machine of one shard and its descriptor.
 //! - [`service`]: gRPC handlers; [`server`] wires everything into a process.
-//! - [`heartbeat`] and [`placement_client`]: registration and reports to placement.
+//! - [`heartbeat`]: registration and reports to placement.
+//!
+//! What routers and other processes share with it (connections, the placement
+//! client, limits, server plumbing, wire errors) lives in `ringkv-common`.
 
 // tonic's `Status` is large, and gRPC handlers return it by value: boxing
 // it everywhere would only add noise.
@@ -18,7 +21,6 @@ pub mod error;
 pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
-pub mod placement_client;
 pub mod server;
 pub mod service;
 pub mod shard;
@@ -26,7 +28,7 @@ pub mod testkit;
 
 /// The engine crate, re-exported for the processes built on the storenode.
 pub use ringkv_raft as raft;
-pub use ringkv_raft::{engine, net};
+pub use ringkv_raft::engine;
 
 pub use config::StorenodeConfig;
 pub use error::{Error, Result};

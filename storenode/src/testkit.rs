@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use ringkv_common::wire_error::WireError;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::{
     compare_and_swap_request::{Expected, New},
@@ -21,10 +22,10 @@ use ringkv_proto::meta::{Epoch, Replica, ReplicaRole, ShardDescriptor};
 use ringkv_proto::raft::admin_client::AdminClient;
 use ringkv_proto::raft::{CreateReplicaRequest, NodeAddress, SetNodeAddressesRequest, ShardStatusRequest};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::config::{Peer, StorenodeConfig};
-use crate::error::{from_status, Error};
+use crate::error::Error;
 use crate::keys;
 use crate::server::{Storenode, StorenodeHandle};
 
@@ -85,7 +86,7 @@ pub fn even_shards(n: u64, nodes: &[u64]) -> Vec<ShardDescriptor> {
         .collect()
 }
 
-pub use crate::net::connect;
+pub use ringkv_common::net::connect;
 
 /// Creates every shard's first replicas on the nodes they name (idempotent).
 pub async fn bootstrap_shards(addrs: &HashMap<u64, String>, shards: &[ShardDescriptor]) -> anyhow_lite::Result<()> {
@@ -337,7 +338,7 @@ impl ShardClient {
                 .copied()
                 .unwrap_or_else(|| shard.replicas[attempt % shard.replicas.len().max(1)].node_id);
             let res = match self.kv(node).await {
-                Ok(c) => f(c, Self::context(&shard, &request_id)).await.map_err(|s| classify(&s)),
+                Ok(c) => f(c, Self::context(&shard, &request_id)).await.map_err(|s| WireError::from_status(&s).into()),
                 Err(e) => Err(e),
             };
             let err = match res {
@@ -419,18 +420,5 @@ impl ShardClient {
             async move { c.compare_and_swap(req).await }
         })
         .await
-    }
-}
-
-/// The typed error in a status, or a transport-level one.
-pub fn classify(s: &Status) -> Error {
-    if let Some(e) = from_status(s) {
-        return e;
-    }
-    match s.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => Error::Retryable(s.message().to_string()),
-        Code::DeadlineExceeded => Error::Ambiguous(s.message().to_string()),
-        Code::InvalidArgument => Error::invalid("request", s.message()),
-        _ => Error::Corrupt(format!("{}: {}", s.code(), s.message())),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use ringkv_common::wire_error::WireError;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::{GetRequest, PutRequest, ReadConsistency, RequestContext};
 use ringkv_proto::meta::{Replica, ReplicaRole};
@@ -10,7 +11,7 @@ use ringkv_proto::raft::admin_client::AdminClient;
 use ringkv_proto::raft::{
     ChangeKind, ChangeReplicasRequest, CreateReplicaRequest, ReplicaChange, ShardStatusRequest, TransferLeaderRequest,
 };
-use ringkv_storenode::testkit::{classify, connect, eventually, LocalCluster};
+use ringkv_storenode::testkit::{connect, eventually, LocalCluster};
 use ringkv_storenode::Error;
 use tonic::Code;
 
@@ -107,12 +108,12 @@ async fn bad_input_is_refused_and_nothing_written() {
     };
     let s = kv.put(put(999, 1)).await.expect_err("unknown shard");
     assert_eq!(s.code(), Code::NotFound);
-    assert!(matches!(classify(&s), Error::ShardNotFound(999)));
+    assert!(matches!(WireError::from_status(&s), WireError::ShardNotFound(999)));
     let s = kv.put(put(shard.id, 7)).await.expect_err("wrong epoch");
-    match classify(&s) {
-        Error::EpochMismatch(d) => assert_eq!(d.id, shard.id),
+    match WireError::from_status(&s) {
+        WireError::EpochMismatch(d) => assert_eq!(d.id, shard.id),
         // A follower answers NotLeader before looking at the epoch.
-        Error::NotLeader { .. } => {}
+        WireError::NotLeader { .. } => {}
         e => panic!("expected EpochMismatch, got {e:?}"),
     }
     // A key routed to the wrong shard is refused by apply's range check.
@@ -120,7 +121,7 @@ async fn bad_input_is_refused_and_nothing_written() {
     let leaders = c.wait_for_leaders(Duration::from_secs(5)).await.unwrap();
     let mut kv = ShardKvClient::new(connect(&c.addr(leaders[&other])).await.unwrap());
     let s = kv.put(put(other, 1)).await.expect_err("key not in shard");
-    assert!(matches!(classify(&s), Error::KeyNotInShard { .. }), "{s:?}");
+    assert!(matches!(WireError::from_status(&s), WireError::KeyNotInShard { .. }), "{s:?}");
     assert_eq!(client.get(b"x").await.expect("get"), None, "nothing written");
     c.shutdown().await;
 }
@@ -373,9 +374,9 @@ async fn a_write_that_cannot_commit_is_answered_by_the_callers_deadline() {
     // Ambiguous (the entry may still commit) or NotLeader/Unavailable (the
     // leader stepped down first): never a success, and never the node's own
     // 5 s request timeout.
-    let e = classify(&status);
+    let e = WireError::from_status(&status);
     assert!(
-        matches!(e, Error::Ambiguous(_) | Error::NotLeader { .. } | Error::Retryable(_)),
+        matches!(e, WireError::Ambiguous(_) | WireError::NotLeader { .. } | WireError::Retryable(_)),
         "unexpected answer {e:?}"
     );
     assert!(took < Duration::from_millis(3500), "answered after {took:?}, not by the caller's 1 s deadline");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringkv_client::Client;
+use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::GetShardMapRequest;
-use ringkv_storenode::placement_client::PlacementClient;
 use ringkv_storenode::testkit::poll_until;
 use serde::Serialize;
 

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::{
     ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, Node, NodeState, SetNodeStateRequest, ShardInfo,
     ShardMap,
 };
-use ringkv_storenode::placement_client::PlacementClient;
 use serde::Serialize;
 
 use crate::output::{print, Format};

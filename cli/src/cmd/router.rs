@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use ringkv_common::limits::Limits;
 use ringkv_router::{RouterConfig, RouterServer};
-use ringkv_storenode::config::Limits;
 
 /// Flags, or the same keys in a TOML file (`--config`); a flag wins over
 /// the file, the file over the default.

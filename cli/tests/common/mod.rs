@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ringkv_chaos::layout::Layout;
 use ringkv_client::Client;
+use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::ClusterStatusRequest;
-use ringkv_storenode::placement_client::PlacementClient;
 pub use ringkv_storenode::testkit::eventually;
 
 pub fn ringkv() -> Command {

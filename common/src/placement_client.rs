@@ -2,8 +2,7 @@
 //! known leader, follows `NotLeader` answers (which carry the leader's
 //! address), and moves through the configured members on connection errors,
 //! until a deadline. Storenodes (heartbeats), routers (the shard map) and the
-//! CLI (ops commands) all use it; it lives here because every process already
-//! depends on this crate.
+//! CLI (ops commands) all use it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,8 +13,10 @@ use ringkv_proto::placement::placement_client::PlacementClient as Grpc;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::error::{from_status, Error};
+use crate::wire_error::WireError;
 
+/// A client of the placement group: any member's address will do, calls go
+/// to the leader. Cheap to share behind an `Arc`; connections are cached.
 pub struct PlacementClient {
     members: Vec<String>,
     leader: Mutex<Option<String>>,
@@ -23,10 +24,13 @@ pub struct PlacementClient {
 }
 
 impl PlacementClient {
+    /// A client of the placement members at `members` (HOST:PORT each);
+    /// connects lazily.
     pub fn new(members: Vec<String>) -> Self {
         PlacementClient { members, leader: Mutex::new(None), channels: Mutex::new(HashMap::new()) }
     }
 
+    /// The configured members' addresses.
     pub fn members(&self) -> &[String] {
         &self.members
     }
@@ -76,12 +80,12 @@ impl PlacementClient {
                 }
                 Err(s) => s,
             };
-            match from_status(&status) {
-                Some(Error::NotLeader { leader_address, .. }) if !leader_address.is_empty() => {
+            match WireError::from_status(&status) {
+                WireError::NotLeader { leader_address, .. } if !leader_address.is_empty() => {
                     *self.leader.lock() = Some(leader_address);
                 }
-                Some(Error::NotLeader { .. }) | Some(Error::Retryable(_)) => *self.leader.lock() = None,
-                _ if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                WireError::NotLeader { .. } | WireError::Retryable(_) => *self.leader.lock() = None,
+                WireError::Transport { code: Code::Unavailable | Code::Unknown | Code::Cancelled, .. } => {
                     self.channels.lock().remove(&addr);
                     *self.leader.lock() = None;
                 }

@@ -1,0 +1,26 @@
+//! What every ringkv process shares, so that a process which only routes
+//! (the router, the CLI's ops commands) depends on neither the storenode
+//! crate nor RocksDB.
+//!
+//! - [`net`]: outgoing gRPC connections, sent from the process's own address.
+//! - [`placement_client`]: a client of the placement service that finds its leader.
+//! - [`limits`]: request size and time limits a storenode or router enforces.
+//! - [`server`]: binding listeners and running a process's servers and tasks.
+//! - [`wire_error`]: the typed errors a storenode answers, read from a gRPC status.
+//! - [`hashing`]: where a key sits on the ring (hash tags, ranges, prefixes).
+
+// tonic's `Status` is large, and gRPC calls return it by value: boxing it
+// everywhere would only add noise.
+#![allow(clippy::result_large_err)]
+
+pub mod hashing;
+pub mod limits;
+pub mod net;
+pub mod placement_client;
+pub mod server;
+pub mod wire_error;
+
+pub use limits::Limits;
+pub use placement_client::PlacementClient;
+pub use server::{Serving, StartError};
+pub use wire_error::WireError;
