@@ -14,58 +14,15 @@
 //! scan and dropping a replica is one `DeleteRange`. Big-endian integers keep
 //! byte order equal to numeric order.
 
-use xxhash_rust::xxh3::xxh3_64;
-
 use ringkv_raft::keys::{group_key as shard_prefix, FIRST_STATE_MACHINE_KIND};
 
 const META_DEDUP: u8 = FIRST_STATE_MACHINE_KIND;
 const META_DEDUP_BY_INDEX: u8 = FIRST_STATE_MACHINE_KIND + 1;
 
-/// The part of a key that is hashed: the bytes inside the first `{…}` that has
-/// at least one byte inside (the Redis Cluster hash-tag convention), otherwise
-/// the whole key. Keys sharing a tag share a shard and sort next to each other.
-pub fn hash_part(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
-            if len > 0 {
-                return &key[open + 1..open + 1 + len];
-            }
-        }
-    }
-    key
-}
+/// The ring's hashing (shared with the router, so both always agree).
+pub use ringkv_common::hashing::{hash_part, in_range, key_hash, prefix_end, prefix_hash};
 
-/// The key's position on the ring.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxh3_64(hash_part(key))
-}
-
-/// The ring position every key starting with `prefix` shares, when the
-/// prefix already holds the key's complete hash tag (`…{tag}…`); `None` when
-/// keys with this prefix can hash anywhere.
-pub fn prefix_hash(prefix: &[u8]) -> Option<u64> {
-    let open = prefix.iter().position(|&b| b == b'{')?;
-    let len = prefix[open + 1..].iter().position(|&b| b == b'}')?;
-    (len > 0).then(|| xxh3_64(&prefix[open + 1..open + 1 + len]))
-}
-
-/// The first key after every key that starts with `prefix` (None: no end).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
-/// Whether `h` falls in the shard range `[start, end)`, where `end == 0` means 2^64.
-pub fn in_range(h: u64, start: u64, end: u64) -> bool {
-    h >= start && (end == 0 || h < end)
-}
-
+/// The `data` CF key of a user key: its hash, then the key.
 pub fn data_key(user_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + user_key.len());
     k.extend_from_slice(&key_hash(user_key).to_be_bytes());
@@ -126,28 +83,6 @@ pub fn meta_dedup_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_tags_follow_redis_cluster() {
-        assert_eq!(hash_part(b"user:{42}:name"), b"42");
-        assert_eq!(hash_part(b"{42}x"), b"42");
-        assert_eq!(hash_part(b"a{}b{c}"), b"a{}b{c}", "empty tag means the whole key");
-        assert_eq!(hash_part(b"no tag"), b"no tag");
-        assert_eq!(hash_part(b"open{only"), b"open{only");
-        assert_eq!(key_hash(b"user:{42}:name"), key_hash(b"order:{42}"));
-    }
-
-    #[test]
-    fn prefixes_with_a_complete_tag_fix_the_hash() {
-        assert_eq!(prefix_hash(b"user:{42}:"), Some(key_hash(b"user:{42}:name")));
-        assert_eq!(prefix_hash(b"{42}"), Some(key_hash(b"{42}x")));
-        assert_eq!(prefix_hash(b"user:{4"), None, "the tag is not complete yet");
-        assert_eq!(prefix_hash(b"a{}"), None, "an empty tag hashes the whole key");
-        assert_eq!(prefix_hash(b"plain"), None);
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-    }
 
     #[test]
     fn data_keys_sort_by_hash_then_key() {
