@@ -55,7 +55,8 @@
 //!   the key is read from that node's engine.
 //! - `change <n> [expect=V/CV] add-voter=R@N add-learner=R@N remove=R`.
 //! - `create <n> replica=R [bootstrap] [campaign]`, `remove-replica <n>`.
-//! - `status [<n>..]`, `dump <n>` (the group's keys), `metrics <n>`.
+//! - `status [<n>..]` (replicas and tombstones), `dump <n>` (the group's
+//!   keys), `metrics <n>`, `progress <n>` (a leader's view of its followers).
 //! - `send-raw <n> from=R to=R term=T`: a heartbeat from nowhere;
 //!   `send-snapshot <n> to=R names=G|none`: a forged snapshot message.
 //!   Both print whether the loop stepped or dropped/refused it.
