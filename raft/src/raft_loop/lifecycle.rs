@@ -217,7 +217,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
 
     fn destroy(&mut self, group_id: u64, group: S::Group, replica_id: u64) {
         let tomb = Tombstone { replica_id, conf_ver: group.conf_version() };
-        self.tombstones.insert(group_id, tomb.clone());
+        self.tombstones.insert(group_id, tomb);
         self.destroying.insert(group_id);
         let (engine, snap_dir, handle) = (self.engine.clone(), self.snap_dir.clone(), self.handle.clone());
         let spawned = std::thread::Builder::new().name(format!("destroy-{group_id}")).spawn(move || {

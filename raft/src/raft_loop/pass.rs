@@ -194,7 +194,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
     fn not_leader_fn(&self, r: &Replica<S>) -> impl Fn() -> crate::Error {
         let (group_id, leader) = (r.id(), r.leader());
         let leader_address = leader.as_ref().and_then(|l| self.transport.address(l.node_id)).unwrap_or_default();
-        move || crate::Error::NotLeader { group_id, leader: leader.clone(), leader_address: leader_address.clone() }
+        move || crate::Error::NotLeader { group_id, leader, leader_address: leader_address.clone() }
     }
 
     /// Hands each node its batch of messages; a dropped batch makes the

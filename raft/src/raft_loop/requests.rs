@@ -207,7 +207,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 if members.iter().any(|x| x.node_id == m.node_id && x.replica_id != m.replica_id) {
                     return Err(Error::invalid("member", format!("node {} already hosts a member", m.node_id)));
                 }
-                let mut m = m.clone();
+                let mut m = *m;
                 m.role =
                     if ch.kind == MemberChangeKind::AddVoter { MemberRole::Voter } else { MemberRole::Learner } as i32;
                 members.retain(|x| x.replica_id != m.replica_id);
