@@ -115,6 +115,14 @@ impl Engine {
         self.db.write_opt(wb, &wo)
     }
 
+    /// Ingests an SST file into `cf` (the file is moved, not copied): its
+    /// keys land atomically, newer than everything written before.
+    pub fn ingest(&self, cf: Cf, sst: &Path) -> Result<(), EngineError> {
+        let mut opts = rocksdb::IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        self.db.ingest_external_file_cf_opts(self.cf(cf), &opts, vec![sst])
+    }
+
     /// Reads one key.
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         self.db.get_cf(self.cf(cf), key)

@@ -38,8 +38,6 @@ use crate::storage::decode_conf_state;
 
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
 const END: u8 = 0xff;
-/// Bytes written per WriteBatch when applying a snapshot.
-const APPLY_BATCH_BYTES: usize = 4 << 20;
 
 /// Shared between a replica's `Storage` (which asks for a snapshot) and the
 /// loop (which generates it in the background).
@@ -283,47 +281,84 @@ pub fn verify_file(path: &Path, data: &SnapshotData) -> Result<()> {
 
 /// Replaces the state in `ranges` with the file's contents, checking the
 /// file's size and checksum as it is read (`expect`, when known): a file that
-/// does not match is an error, and whatever was written of it is not marked
-/// installed. Idempotent: a restart may run it again on the same file.
+/// does not match is an error and nothing of it is written. Idempotent: a
+/// restart may run it again on the same file.
+///
+/// The data is not written through memtables and the WAL: it goes into one
+/// SST file per range (next to the snapshot file), which RocksDB then
+/// ingests after a range delete of the old state, as TiKV does. Hundreds of
+/// MiB written as batches would fill the `data` memtables the node's other
+/// replicas apply into (stalling their writes) and the one WAL the Raft loop
+/// fsyncs every pass; an ingested file touches neither. Ingestion is atomic
+/// and durable per file; until [`install`] marks the replica normal, a crash
+/// makes the restart do all of it again.
 pub fn write_data(engine: &Engine, path: &Path, ranges: &[StateRange], expect: Option<(u64, u64)>) -> Result<()> {
-    let mut wb = WriteBatch::default();
-    for r in ranges {
-        engine.delete_range_cf(&mut wb, r.cf, &r.lo, &r.hi);
-    }
-    engine.write(wb, false)?;
     let mut f = HashingReader { inner: BufReader::new(File::open(path)?), hash: Xxh3::new(), size: 0 };
     let mut magic = [0u8; 8];
     f.read_exact(&mut magic)?;
     if &magic != MAGIC {
         return Err(Error::Corrupt(format!("{}: not a snapshot file", path.display())));
     }
-    let mut wb = WriteBatch::default();
-    loop {
-        let mut cf = [0u8; 1];
-        f.read_exact(&mut cf)?;
-        if cf[0] == END {
-            break;
+    let mut sst_opts = rocksdb::Options::default();
+    sst_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let sst_path = |i: usize| path.with_extension(format!("{i}.ingest.tmp"));
+    let mut writers: Vec<Option<rocksdb::SstFileWriter<'_>>> = ranges.iter().map(|_| None).collect();
+    let res = (|| -> Result<()> {
+        loop {
+            let mut cf = [0u8; 1];
+            f.read_exact(&mut cf)?;
+            if cf[0] == END {
+                break;
+            }
+            let cf =
+                Cf::from_u8(cf[0]).ok_or_else(|| Error::Corrupt(format!("{}: bad column family", path.display())))?;
+            let k = read_chunk(&mut f)?;
+            let v = read_chunk(&mut f)?;
+            let Some(i) =
+                ranges.iter().position(|r| r.cf == cf && r.lo.as_slice() <= &k[..] && &k[..] < r.hi.as_slice())
+            else {
+                return Err(Error::Corrupt(format!("{}: key outside the group's ranges", path.display())));
+            };
+            if writers[i].is_none() {
+                let w = rocksdb::SstFileWriter::create(&sst_opts);
+                w.open(sst_path(i))?;
+                writers[i] = Some(w);
+            }
+            if let Some(w) = writers[i].as_mut() {
+                // Keys of a range come in order; a file out of order is refused here.
+                w.put(&k, &v).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+            }
         }
-        let cf = Cf::from_u8(cf[0]).ok_or_else(|| Error::Corrupt(format!("{}: bad column family", path.display())))?;
-        let k = read_chunk(&mut f)?;
-        let v = read_chunk(&mut f)?;
-        if !ranges.iter().any(|r| r.cf == cf && r.lo.as_slice() <= &k[..] && &k[..] < r.hi.as_slice()) {
-            return Err(Error::Corrupt(format!("{}: key outside the group's ranges", path.display())));
+        if let Some((size, checksum)) = expect {
+            // Anything after the end marker counts too: the file must be exactly what was sent.
+            std::io::copy(&mut f, &mut std::io::sink())?;
+            if f.size != size || f.hash.digest() != checksum {
+                return Err(Error::Corrupt(format!(
+                    "{}: size or checksum does not match the snapshot",
+                    path.display()
+                )));
+            }
         }
-        engine.put_cf(&mut wb, cf, &k, &v);
-        if wb.size_in_bytes() >= APPLY_BATCH_BYTES {
-            engine.write(std::mem::take(&mut wb), false)?;
+        for w in writers.iter_mut().flatten() {
+            w.finish()?;
         }
+        let mut wb = WriteBatch::default();
+        for r in ranges {
+            engine.delete_range_cf(&mut wb, r.cf, &r.lo, &r.hi);
+        }
+        engine.write(wb, false)?;
+        for (i, r) in ranges.iter().enumerate() {
+            if writers[i].is_some() {
+                engine.ingest(r.cf, &sst_path(i))?;
+            }
+        }
+        Ok(())
+    })();
+    drop(writers);
+    for i in 0..ranges.len() {
+        let _ = fs::remove_file(sst_path(i));
     }
-    if let Some((size, checksum)) = expect {
-        // Anything after the end marker counts too: the file must be exactly what was sent.
-        std::io::copy(&mut f, &mut std::io::sink())?;
-        if f.size != size || f.hash.digest() != checksum {
-            return Err(Error::Corrupt(format!("{}: size or checksum does not match the snapshot", path.display())));
-        }
-    }
-    engine.write(wb, false)?;
-    Ok(())
+    res
 }
 
 /// Installs a snapshot whose Raft metadata is persisted (replica state

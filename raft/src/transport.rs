@@ -43,6 +43,8 @@ use crate::state_machine::StateMachine;
 /// Batches queued per peer before new ones are dropped.
 const PEER_QUEUE_BATCHES: usize = 1024;
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// A received snapshot file is synced every this many bytes.
+const SYNC_RECEIVED_EVERY_BYTES: usize = 8 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -353,7 +355,7 @@ impl<S: StateMachine> RaftService<S> {
         data: &ringkv_proto::engine::SnapshotData,
     ) -> Result<(), Status> {
         let mut file = tokio::fs::File::create(tmp).await?;
-        let (mut size, mut hash) = (0u64, Xxh3::new());
+        let (mut size, mut hash, mut unsynced) = (0u64, Xxh3::new(), 0usize);
         while let Some(chunk) = stream.message().await? {
             size += chunk.data.len() as u64;
             if size > data.file_size {
@@ -362,6 +364,13 @@ impl<S: StateMachine> RaftService<S> {
             self.limits.receive_rate.consume(chunk.data.len()).await;
             hash.update(&chunk.data);
             file.write_all(&chunk.data).await?;
+            // Sync as the file grows: one fsync of hundreds of MiB at the end
+            // would hold the disk, and every Raft fsync of the node behind it.
+            unsynced += chunk.data.len();
+            if unsynced >= SYNC_RECEIVED_EVERY_BYTES {
+                file.sync_data().await?;
+                unsynced = 0;
+            }
         }
         if size != data.file_size || hash.digest() != data.file_checksum {
             return Err(Status::data_loss("snapshot file size or checksum mismatch"));
