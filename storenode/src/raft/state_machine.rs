@@ -105,3 +105,10 @@ impl ApplyContext<'_> {
         Ok(out)
     }
 }
+
+impl<'a> ApplyContext<'a> {
+    /// A context for applying outside the Raft loop (a state machine's tests).
+    pub fn new(shard: &'a ShardDescriptor, index: u64, engine: &'a Engine, batch: &'a mut ApplyBatch) -> Self {
+        ApplyContext { shard, index, engine, batch }
+    }
+}
