@@ -59,14 +59,16 @@ impl Error {
         if let Ok(e) = ApiError::decode(s.details()) {
             if e.code != 0 {
                 let m = e.message;
-                return match ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unknown) {
-                    ErrorCode::InvalidArgument => Error::InvalidArgument(m),
-                    ErrorCode::Unavailable => Error::Unavailable(m),
-                    ErrorCode::Ambiguous => Error::Ambiguous(m),
-                    ErrorCode::Overloaded => Error::Overloaded(m),
-                    ErrorCode::CrossTag => Error::CrossTag(m),
-                    ErrorCode::Unknown => Error::Unavailable(m),
-                };
+                match ErrorCode::try_from(e.code) {
+                    Ok(ErrorCode::InvalidArgument) => return Error::InvalidArgument(m),
+                    Ok(ErrorCode::Unavailable) => return Error::Unavailable(m),
+                    Ok(ErrorCode::Ambiguous) => return Error::Ambiguous(m),
+                    Ok(ErrorCode::Overloaded) => return Error::Overloaded(m),
+                    Ok(ErrorCode::CrossTag) => return Error::CrossTag(m),
+                    // A code this client does not know (a newer router): the
+                    // gRPC code below still says whether it may be applied.
+                    Ok(ErrorCode::Unknown) | Err(_) => {}
+                }
             }
         }
         match s.code() {
@@ -154,8 +156,7 @@ impl Client {
             MetadataValue::try_from(hex).expect("hex is valid metadata")
         });
         let mut backoff = Duration::from_millis(20);
-        // A write that may have reached a router is ambiguous if we give up.
-        let mut maybe_sent = false;
+        let mut attempts = Attempts::new(write);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (status, router, sent) = match self.channel().await {
@@ -170,28 +171,12 @@ impl Client {
                 // Not connected: nothing was sent.
                 Err(s) => (s, self.current.lock().0, false),
             };
-            let typed = ApiError::decode(status.details()).is_ok_and(|e| e.code != 0);
-            // Not answered by a router: try the next one.
-            let unreachable = !typed && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
-            if !unreachable {
-                let e = Error::from_status(&status);
-                // An earlier attempt through another router may have been
-                // applied: a later "not applied" answer speaks only for itself.
-                return Err(match e {
-                    Error::Unavailable(m) | Error::Overloaded(m) if maybe_sent => {
-                        Error::Ambiguous(format!("an earlier attempt may have been applied; then: {m}"))
-                    }
-                    e => e,
-                });
+            if let Next::Fail(e) = attempts.after_failure(&status, sent) {
+                return Err(e);
             }
-            maybe_sent |= write && sent;
             self.fail_over(router);
             if Instant::now() + backoff >= deadline {
-                return Err(if maybe_sent {
-                    Error::Ambiguous(format!("no router answered in time; last error: {}", status.message()))
-                } else {
-                    Error::Unavailable(format!("no router reachable: {}", status.message()))
-                });
+                return Err(attempts.out_of_time(&status));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -307,5 +292,265 @@ impl Client {
             async move { c.scan(Self::request(req, id, t)).await }
         })
         .await
+    }
+}
+
+/// What [`Client::call`] does after a failed attempt.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// No router answered: try the next one.
+    FailOver,
+    /// The call fails with this.
+    Fail(Error),
+}
+
+/// The failover state of one call, across its attempts.
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    write: bool,
+    /// Whether a write may have been applied by an attempt so far.
+    maybe_sent: bool,
+}
+
+impl Attempts {
+    fn new(write: bool) -> Self {
+        Attempts { write, maybe_sent: false }
+    }
+
+    /// Decides what follows an attempt that failed with `status`; `sent`:
+    /// whether the request went out on a connection.
+    fn after_failure(&mut self, status: &Status, sent: bool) -> Next {
+        let typed = ApiError::decode(status.details()).is_ok_and(|e| e.code != 0);
+        // A router's typed answer speaks for its attempt; anything else may
+        // come after a write that left was applied.
+        if !typed {
+            self.maybe_sent |= self.write && sent;
+        }
+        // Not answered by a router: try the next one.
+        if !typed && matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) {
+            return Next::FailOver;
+        }
+        Next::Fail(self.settle(Error::from_status(status)))
+    }
+
+    /// The error when no time is left for another router.
+    fn out_of_time(&self, last: &Status) -> Error {
+        if self.maybe_sent {
+            Error::Ambiguous(format!("no router answered in time; last error: {}", last.message()))
+        } else {
+            Error::Unavailable(format!("no router reachable: {}", last.message()))
+        }
+    }
+
+    /// A read is never ambiguous; a write that may have been applied never
+    /// fails definitively (a later "not applied" speaks only for itself).
+    fn settle(&self, e: Error) -> Error {
+        match e {
+            Error::Ambiguous(m) if !self.write => Error::Unavailable(m),
+            e @ Error::Ambiguous(_) => e,
+            e if self.maybe_sent => Error::Ambiguous(format!("an earlier attempt may have been applied; then: {e}")),
+            e => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL_CODES: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// A router's answer: the typed error in the details.
+    fn typed(grpc: Code, code: i32, message: &str) -> Status {
+        let e = ApiError { code, message: message.into(), key: b"k".to_vec() };
+        Status::with_details(grpc, message, e.encode_to_vec().into())
+    }
+
+    /// What a router sends for each API error code (its `to_status`).
+    fn router_answer(code: ErrorCode, message: &str) -> Status {
+        let grpc = match code {
+            ErrorCode::InvalidArgument | ErrorCode::CrossTag => Code::InvalidArgument,
+            ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::Ambiguous => Code::DeadlineExceeded,
+            ErrorCode::Overloaded => Code::ResourceExhausted,
+            ErrorCode::Unknown => Code::Unknown,
+        };
+        typed(grpc, code as i32, message)
+    }
+
+    #[test]
+    fn every_typed_router_error_maps_to_its_variant_with_its_message() {
+        let cases = [
+            (ErrorCode::InvalidArgument, Error::InvalidArgument("m".into())),
+            (ErrorCode::Unavailable, Error::Unavailable("m".into())),
+            (ErrorCode::Ambiguous, Error::Ambiguous("m".into())),
+            (ErrorCode::Overloaded, Error::Overloaded("m".into())),
+            (ErrorCode::CrossTag, Error::CrossTag("m".into())),
+        ];
+        for (code, want) in cases {
+            assert_eq!(Error::from_status(&router_answer(code, "m")), want, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn the_typed_error_wins_over_the_grpc_code() {
+        assert_eq!(
+            Error::from_status(&typed(Code::Unavailable, ErrorCode::Ambiguous as i32, "m")),
+            Error::Ambiguous("m".into())
+        );
+        assert_eq!(
+            Error::from_status(&typed(Code::DeadlineExceeded, ErrorCode::Unavailable as i32, "m")),
+            Error::Unavailable("m".into())
+        );
+    }
+
+    #[test]
+    fn an_untyped_status_maps_by_its_grpc_code_and_only_a_deadline_is_ambiguous() {
+        for code in ALL_CODES {
+            let e = Error::from_status(&Status::new(code, "m"));
+            match code {
+                Code::InvalidArgument => assert_eq!(e, Error::InvalidArgument("m".into())),
+                Code::DeadlineExceeded => assert_eq!(e, Error::Ambiguous("m".into())),
+                Code::ResourceExhausted => assert_eq!(e, Error::Overloaded("m".into())),
+                _ => assert!(matches!(e, Error::Unavailable(ref m) if m.ends_with(": m")), "{code:?}: {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn details_that_are_not_a_typed_error_are_ignored() {
+        let garbage = Status::with_details(Code::DeadlineExceeded, "m", vec![0xff, 0xff, 0xff].into());
+        assert_eq!(Error::from_status(&garbage), Error::Ambiguous("m".into()));
+        let zero = typed(Code::ResourceExhausted, 0, "m");
+        assert_eq!(Error::from_status(&zero), Error::Overloaded("m".into()));
+    }
+
+    #[test]
+    fn a_typed_code_this_client_does_not_know_falls_back_to_the_grpc_code() {
+        assert_eq!(Error::from_status(&typed(Code::DeadlineExceeded, 99, "m")), Error::Ambiguous("m".into()));
+        assert_eq!(Error::from_status(&typed(Code::ResourceExhausted, 99, "m")), Error::Overloaded("m".into()));
+        assert!(matches!(Error::from_status(&typed(Code::Internal, 99, "m")), Error::Unavailable(_)));
+    }
+
+    #[test]
+    fn only_calls_no_router_answered_fail_over_to_the_next_router() {
+        for write in [false, true] {
+            for code in ALL_CODES {
+                let next = Attempts::new(write).after_failure(&Status::new(code, "m"), false);
+                let fails_over = matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled);
+                assert_eq!(next == Next::FailOver, fails_over, "{code:?} (write: {write}): {next:?}");
+            }
+            // A router that answered "unavailable" (no leader in time) is not
+            // skipped: another router would see the same cluster.
+            let next = Attempts::new(write).after_failure(&router_answer(ErrorCode::Unavailable, "no leader"), true);
+            assert_eq!(next, Next::Fail(Error::Unavailable("no leader".into())));
+        }
+    }
+
+    #[test]
+    fn a_typed_refusal_of_a_first_write_attempt_is_a_definite_failure() {
+        for (code, want) in [
+            (ErrorCode::InvalidArgument, Error::InvalidArgument("m".into())),
+            (ErrorCode::Unavailable, Error::Unavailable("m".into())),
+            (ErrorCode::Overloaded, Error::Overloaded("m".into())),
+            (ErrorCode::CrossTag, Error::CrossTag("m".into())),
+            (ErrorCode::Ambiguous, Error::Ambiguous("m".into())),
+        ] {
+            assert_eq!(Attempts::new(true).after_failure(&router_answer(code, "m"), true), Next::Fail(want));
+        }
+    }
+
+    #[test]
+    fn a_write_that_may_have_been_applied_is_never_reported_as_a_definite_failure() {
+        let later = [
+            router_answer(ErrorCode::Unavailable, "no leader"),
+            router_answer(ErrorCode::Overloaded, "shed"),
+            router_answer(ErrorCode::InvalidArgument, "too big"),
+            router_answer(ErrorCode::CrossTag, "tags"),
+            Status::internal("h2 protocol error"),
+            Status::resource_exhausted("message too large"),
+        ];
+        for answer in later {
+            let mut attempts = Attempts::new(true);
+            assert_eq!(attempts.after_failure(&Status::unavailable("connection reset"), true), Next::FailOver);
+            let next = attempts.after_failure(&answer, true);
+            assert!(matches!(next, Next::Fail(Error::Ambiguous(_))), "{answer:?}: {next:?}");
+        }
+    }
+
+    #[test]
+    fn a_write_whose_call_broke_without_a_typed_answer_is_ambiguous() {
+        let next = Attempts::new(true).after_failure(&Status::internal("h2 protocol error"), true);
+        assert!(matches!(next, Next::Fail(Error::Ambiguous(_))), "{next:?}");
+        let next = Attempts::new(false).after_failure(&Status::internal("h2 protocol error"), true);
+        assert!(matches!(next, Next::Fail(Error::Unavailable(_))), "a read: {next:?}");
+    }
+
+    #[test]
+    fn a_timed_out_write_is_ambiguous_and_a_timed_out_read_unavailable() {
+        let timeout = Status::deadline_exceeded("client timeout");
+        assert_eq!(
+            Attempts::new(true).after_failure(&timeout, true),
+            Next::Fail(Error::Ambiguous("client timeout".into()))
+        );
+        assert_eq!(
+            Attempts::new(false).after_failure(&timeout, true),
+            Next::Fail(Error::Unavailable("client timeout".into()))
+        );
+    }
+
+    #[test]
+    fn running_out_of_routers_is_ambiguous_only_for_a_write_that_left() {
+        let reset = Status::unavailable("connection reset");
+        let refused = Status::unavailable("connection refused");
+        let mut left = Attempts::new(true);
+        assert_eq!(left.after_failure(&reset, true), Next::FailOver);
+        assert_eq!(left.after_failure(&refused, false), Next::FailOver);
+        assert!(matches!(left.out_of_time(&refused), Error::Ambiguous(_)), "the first attempt left");
+
+        let mut never_left = Attempts::new(true);
+        assert_eq!(never_left.after_failure(&refused, false), Next::FailOver);
+        assert!(matches!(never_left.out_of_time(&refused), Error::Unavailable(_)));
+
+        let mut read = Attempts::new(false);
+        assert_eq!(read.after_failure(&reset, true), Next::FailOver);
+        assert!(matches!(read.out_of_time(&reset), Error::Unavailable(_)), "a read is never ambiguous");
+    }
+
+    #[tokio::test]
+    async fn failing_over_moves_to_the_next_router_once_per_failure_and_wraps_around() {
+        let client = Client::connect(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]).await.unwrap();
+        let current = |c: &Client| c.current.lock().0;
+        client.fail_over(0);
+        assert_eq!(current(&client), 1);
+        client.fail_over(0);
+        assert_eq!(current(&client), 1, "a second report of the same failure does not skip a router");
+        client.fail_over(1);
+        client.fail_over(2);
+        assert_eq!(current(&client), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_needs_at_least_one_well_formed_router_address() {
+        assert_eq!(Client::connect(Vec::<String>::new()).await.err(), Some(Error::BadAddress(String::new())));
+        assert_eq!(Client::connect(["not an address"]).await.err(), Some(Error::BadAddress("not an address".into())));
     }
 }

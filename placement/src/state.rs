@@ -50,8 +50,18 @@ fn be_u64(b: &[u8]) -> u64 {
     b.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
+/// A stored counter, `default` when absent; not 8 bytes is corrupt (read as 0,
+/// a next id would hand out ids again).
+fn counter(engine: &Engine, key: &[u8], default: u64) -> Result<u64> {
+    let Some(v) = engine.get(Cf::Data, key)? else { return Ok(default) };
+    v.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| {
+        let key = String::from_utf8_lossy(key);
+        ringkv_raft::Error::Corrupt(format!("placement {key}: {} bytes, not 8", v.len()))
+    })
+}
+
 /// What placement knows, as of the last applied entry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterState {
     pub version: u64,
     pub bootstrapped: bool,
@@ -64,23 +74,26 @@ impl ClusterState {
     /// Reads the whole state from the engine.
     pub fn load(engine: &Engine) -> Result<ClusterState> {
         let mut st = ClusterState {
-            version: engine.get(Cf::Data, VERSION)?.map_or(0, |v| be_u64(&v)),
+            version: counter(engine, VERSION, 0)?,
             bootstrapped: engine.get(Cf::Data, BOOTSTRAPPED)?.is_some(),
-            next_id: engine.get(Cf::Data, NEXT_ID)?.map_or(FIRST_ID, |v| be_u64(&v)),
+            next_id: counter(engine, NEXT_ID, FIRST_ID)?,
             ..Default::default()
         };
         for (prefix, is_node) in [(NODE_PREFIX, true), (SHARD_PREFIX, false)] {
             let hi = [prefix, &[0xff; 9][..]].concat();
             let mut it = engine.iter_range(Cf::Data, prefix, &hi);
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                let id = be_u64(&k[prefix.len()..]);
-                let corrupt = |e: prost::DecodeError| {
+                let corrupt = |e: &dyn std::fmt::Display| {
                     ringkv_raft::Error::Corrupt(format!("placement record {}: {e}", String::from_utf8_lossy(k)))
                 };
+                if k.len() != prefix.len() + 8 {
+                    return Err(corrupt(&"the id is not 8 bytes"));
+                }
+                let id = be_u64(&k[prefix.len()..]);
                 if is_node {
-                    st.nodes.insert(id, Node::decode(v).map_err(corrupt)?);
+                    st.nodes.insert(id, Node::decode(v).map_err(|e| corrupt(&e))?);
                 } else {
-                    st.shards.insert(id, ShardInfo::decode(v).map_err(corrupt)?);
+                    st.shards.insert(id, ShardInfo::decode(v).map_err(|e| corrupt(&e))?);
                 }
                 it.next();
             }
@@ -312,5 +325,327 @@ impl StateMachine for PlacementStateMachine {
         *self.shared.state.write() = st;
         self.shared.version.send_replace(version);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_proto::meta::{Epoch, Replica};
+    use ringkv_proto::placement::{BootstrapShards, ShardUpdates};
+    use ringkv_raft::state_machine::ApplyBatch;
+
+    use super::*;
+
+    /// A placement state machine over its own engine, applying as the Raft
+    /// loop does. All that touches the Raft machinery is here.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        group: PlacementGroup,
+        sm: PlacementStateMachine,
+        shared: Arc<Shared>,
+        index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(&dir.path().join("db")).unwrap();
+            let shared = Shared::new();
+            let group = PlacementGroup::initial([1]);
+            let mut sm = PlacementStateMachine::new(shared.clone());
+            sm.restore(&engine, &group).unwrap();
+            Fixture { _dir: dir, engine, group, sm, shared, index: 0 }
+        }
+
+        /// Applies one command as one committed entry.
+        fn apply(&mut self, op: Option<Op>) -> CommandResult {
+            self.index += 1;
+            let mut batch = ApplyBatch::default();
+            let mut ctx = batch.context(&self.engine, &self.group, self.index);
+            let res = self.sm.apply(&mut ctx, PlacementCommand { op }).unwrap();
+            self.engine.write(batch.take(), false).unwrap();
+            res
+        }
+
+        /// Stores `value` under `key` as if a past apply had.
+        fn put_raw(&self, key: &[u8], value: &[u8]) {
+            let mut batch = ApplyBatch::default();
+            batch.context(&self.engine, &self.group, 0).put(Cf::Data, key, value);
+            self.engine.write(batch.take(), false).unwrap();
+        }
+
+        /// A fresh replica's state machine restored from this engine.
+        fn restore(&self) -> Result<Arc<Shared>> {
+            let shared = Shared::new();
+            PlacementStateMachine::new(shared.clone()).restore(&self.engine, &self.group)?;
+            Ok(shared)
+        }
+
+        fn state(&self) -> ClusterState {
+            self.shared.state.read().clone()
+        }
+    }
+
+    fn register(node_id: u64, address: &str) -> Option<Op> {
+        Some(Op::Register(RegisterNodeRequest { node_id, address: address.into(), ..Default::default() }))
+    }
+
+    fn set_state(node_id: u64, state: NodeState) -> Option<Op> {
+        Some(Op::SetState(SetNodeStateRequest { node_id, state: state as i32 }))
+    }
+
+    /// Shards over nodes 1..=3 whose replica ids are left to allocate, but
+    /// for `replica_id` on the first replica of the first shard.
+    fn bootstrap(n: usize, replica_id: u64) -> Option<Op> {
+        let shards = (0..n)
+            .map(|i| {
+                let replicas =
+                    (1..=3).map(|node_id| Replica { replica_id: 0, node_id, role: 0 }).collect::<Vec<Replica>>();
+                let mut d = ShardDescriptor { id: 0, start: i as u64, end: i as u64 + 1, epoch: None, replicas };
+                if i == 0 {
+                    d.replicas[0].replica_id = replica_id;
+                }
+                ShardInfo { shard: Some(d), ..Default::default() }
+            })
+            .collect();
+        Some(Op::Bootstrap(BootstrapShards { shards }))
+    }
+
+    fn update(id: u64, version: u64, conf_ver: u64, leader_node_id: u64) -> ShardInfo {
+        ShardInfo {
+            shard: Some(ShardDescriptor { id, epoch: Some(Epoch { version, conf_ver }), ..Default::default() }),
+            leader_node_id,
+            down_replicas: 0,
+        }
+    }
+
+    fn registered(r: CommandResult) -> u64 {
+        match r {
+            Ok(Reply::Registered(id)) => id,
+            other => panic!("not registered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_engine_is_an_unbootstrapped_cluster_whose_ids_start_at_1000() {
+        let f = Fixture::new();
+        let st = ClusterState::load(&f.engine).unwrap();
+        assert_eq!((st.version, st.bootstrapped, st.next_id), (0, false, FIRST_ID));
+        assert!(st.nodes.is_empty() && st.shards.is_empty());
+    }
+
+    #[test]
+    fn a_new_address_gets_a_new_id_and_starts_up() {
+        let mut f = Fixture::new();
+        assert_eq!(registered(f.apply(register(0, "10.0.0.1:7000"))), 1000);
+        assert_eq!(registered(f.apply(register(0, "10.0.0.2:7000"))), 1001);
+        let st = f.state();
+        assert_eq!((st.next_id, st.version), (1002, 2));
+        let n = &st.nodes[&1001];
+        assert_eq!((n.address.as_str(), n.state, n.capacity), ("10.0.0.2:7000", NodeState::Up as i32, 1));
+        assert_eq!(*f.shared.version.borrow(), 2, "watchers see the new version");
+    }
+
+    #[test]
+    fn the_same_address_registering_again_without_its_id_is_the_same_node_and_keeps_its_state() {
+        let mut f = Fixture::new();
+        let id = registered(f.apply(register(0, "a:1")));
+        f.apply(set_state(id, NodeState::Draining)).unwrap();
+        let before = f.state();
+        assert_eq!(registered(f.apply(register(0, "a:1"))), id);
+        assert_eq!(f.state(), before, "nothing changed, so no new version either");
+        assert_eq!(f.state().nodes[&id].state, NodeState::Draining as i32);
+    }
+
+    #[test]
+    fn a_node_that_changes_a_field_when_registering_again_bumps_the_version() {
+        let mut f = Fixture::new();
+        let id = registered(f.apply(register(0, "a:1")));
+        let v = f.state().version;
+        let again = RegisterNodeRequest { node_id: id, address: "a:1".into(), zone: "z2".into(), ..Default::default() };
+        assert_eq!(registered(f.apply(Some(Op::Register(again)))), id);
+        assert_eq!(f.state().version, v + 1);
+        assert_eq!(f.state().nodes[&id].zone, "z2");
+    }
+
+    #[test]
+    fn a_node_registering_with_its_own_id_keeps_it_and_new_ids_are_allocated_above_it() {
+        let mut f = Fixture::new();
+        assert_eq!(registered(f.apply(register(5000, "a:1"))), 5000);
+        assert_eq!(registered(f.apply(register(7, "b:1"))), 7, "a hand-made low id is kept");
+        assert_eq!(f.state().next_id, 5001, "a lower id does not move the next id back");
+        assert_eq!(registered(f.apply(register(0, "c:1"))), 5001);
+    }
+
+    #[test]
+    fn a_removed_node_is_refused_under_its_id_and_its_address_comes_back_as_a_new_node() {
+        let mut f = Fixture::new();
+        let id = registered(f.apply(register(0, "a:1")));
+        f.apply(set_state(id, NodeState::Removed)).unwrap();
+        let before = f.state();
+        assert_eq!(f.apply(register(id, "a:1")).unwrap_err(), CommandError::NodeRemoved(id));
+        assert_eq!(f.state(), before, "a refused command changes nothing");
+        let new = registered(f.apply(register(0, "a:1")));
+        assert!(new > id, "a removed id is never reused: {new}");
+        assert_eq!(f.state().nodes[&id].state, NodeState::Removed as i32);
+    }
+
+    #[test]
+    fn a_node_without_an_address_is_refused() {
+        let mut f = Fixture::new();
+        assert!(matches!(f.apply(register(0, "")), Err(CommandError::Invalid(_))));
+        assert_eq!(f.state(), ClusterState { next_id: FIRST_ID, ..Default::default() });
+        assert_eq!(ClusterState::load(&f.engine).unwrap(), f.state());
+    }
+
+    #[test]
+    fn node_states_move_between_up_draining_and_removed_and_each_change_bumps_the_version() {
+        let mut f = Fixture::new();
+        let id = registered(f.apply(register(0, "a:1")));
+        for state in [NodeState::Draining, NodeState::Up, NodeState::Draining, NodeState::Removed] {
+            let v = f.state().version;
+            match f.apply(set_state(id, state)) {
+                Ok(Reply::Node(n)) => assert_eq!((n.id, n.state), (id, state as i32)),
+                other => panic!("{state:?}: {other:?}"),
+            }
+            assert_eq!(f.state().nodes[&id].state, state as i32);
+            assert_eq!(f.state().version, v + 1);
+        }
+        for state in [NodeState::Up, NodeState::Draining, NodeState::Removed] {
+            assert_eq!(f.apply(set_state(id, state)).unwrap_err(), CommandError::NodeRemoved(id));
+        }
+    }
+
+    #[test]
+    fn down_is_observed_not_set_and_unknown_nodes_are_refused() {
+        let mut f = Fixture::new();
+        let id = registered(f.apply(register(0, "a:1")));
+        let before = f.state();
+        assert!(matches!(f.apply(set_state(id, NodeState::Down)), Err(CommandError::Invalid(_))));
+        assert_eq!(f.apply(set_state(42, NodeState::Draining)).unwrap_err(), CommandError::UnknownNode(42));
+        assert_eq!(f.state(), before);
+    }
+
+    #[test]
+    fn shards_are_bootstrapped_exactly_once_with_fresh_shard_and_replica_ids() {
+        let mut f = Fixture::new();
+        let node = registered(f.apply(register(0, "a:1")));
+        assert!(matches!(f.apply(bootstrap(2, 77)), Ok(Reply::Bootstrapped(true))));
+        let st = f.state();
+        assert!(st.bootstrapped);
+        let ds = st.descriptors();
+        assert_eq!(ds.len(), 2);
+        // Shard id, then its replicas' ids, in order; the given one is kept.
+        assert_eq!(ds[0].id, node + 1);
+        let ids0: Vec<u64> = ds[0].replicas.iter().map(|r| r.replica_id).collect();
+        assert_eq!(ids0, [77, node + 2, node + 3]);
+        assert_eq!(ds[1].id, node + 4);
+        let ids1: Vec<u64> = ds[1].replicas.iter().map(|r| r.replica_id).collect();
+        assert_eq!(ids1, [node + 5, node + 6, node + 7]);
+        assert_eq!(st.next_id, node + 8);
+        assert_eq!(st.version, 2, "one bump for the whole bootstrap");
+
+        assert!(matches!(f.apply(bootstrap(3, 0)), Ok(Reply::Bootstrapped(false))));
+        assert_eq!(f.state(), st, "a second bootstrap changes nothing");
+    }
+
+    #[test]
+    fn a_bootstrap_without_shards_is_refused_and_leaves_the_cluster_unbootstrapped() {
+        let mut f = Fixture::new();
+        assert!(matches!(f.apply(bootstrap(0, 0)), Err(CommandError::Invalid(_))));
+        assert!(!f.state().bootstrapped);
+        assert!(matches!(f.apply(bootstrap(1, 0)), Ok(Reply::Bootstrapped(true))));
+    }
+
+    #[test]
+    fn ids_are_allocated_monotonically_and_never_twice() {
+        let mut f = Fixture::new();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(registered(f.apply(register(0, &format!("n{i}:1")))));
+        }
+        f.apply(bootstrap(3, 0)).unwrap();
+        for d in f.state().descriptors() {
+            ids.push(d.id);
+            ids.extend(d.replicas.iter().map(|r| r.replica_id));
+        }
+        ids.push(registered(f.apply(register(0, "late:1"))));
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(ids.iter().all(|&id| id >= FIRST_ID && id < f.state().next_id));
+    }
+
+    #[test]
+    fn shard_updates_take_changes_at_the_same_or_a_newer_epoch_and_ignore_older_ones() {
+        let mut f = Fixture::new();
+        f.apply(register(0, "a:1")).unwrap();
+        f.apply(Some(Op::Bootstrap(BootstrapShards { shards: vec![update(0, 2, 2, 0)] }))).unwrap();
+        let id = f.state().descriptors()[0].id;
+        fn updates(f: &mut Fixture, shards: Vec<ShardInfo>) -> usize {
+            match f.apply(Some(Op::UpdateShards(ShardUpdates { shards }))) {
+                Ok(Reply::Updated(n)) => n,
+                other => panic!("{other:?}"),
+            }
+        }
+        let v = f.state().version;
+        assert_eq!(updates(&mut f, vec![update(id, 2, 1, 9), update(id, 1, 9, 9)]), 0, "older epochs");
+        assert_eq!(updates(&mut f, vec![update(id + 100, 9, 9, 9)]), 0, "an unknown shard");
+        assert_eq!(f.state().version, v);
+        assert_eq!(updates(&mut f, vec![update(id, 2, 2, 5)]), 1, "a new leader at the same epoch");
+        assert_eq!(f.state().shards[&id].leader_node_id, 5);
+        assert_eq!(updates(&mut f, vec![update(id, 2, 2, 5)]), 0, "the same again");
+        assert_eq!(updates(&mut f, vec![update(id, 3, 1, 5)]), 1, "a newer version");
+        assert_eq!(f.state().shards[&id].shard.as_ref().unwrap().epoch, Some(Epoch { version: 3, conf_ver: 1 }));
+        assert_eq!(f.state().version, v + 2, "one bump per command that changed something");
+    }
+
+    #[test]
+    fn an_empty_or_undecodable_command_is_refused() {
+        let mut f = Fixture::new();
+        assert!(matches!(f.apply(None), Err(CommandError::Invalid(_))));
+        assert!(
+            matches!(f.sm.undecodable("truncated".into()), Err(CommandError::Invalid(m)) if m.contains("truncated"))
+        );
+        assert_eq!(f.state().version, 0);
+    }
+
+    #[test]
+    fn restoring_from_the_engine_gives_the_same_state_as_the_in_memory_mirror() {
+        let mut f = Fixture::new();
+        let a = registered(f.apply(register(0, "a:1")));
+        let b = registered(f.apply(register(0, "b:1")));
+        registered(f.apply(register(0, "c:1")));
+        f.apply(bootstrap(4, 0)).unwrap();
+        f.apply(set_state(a, NodeState::Draining)).unwrap();
+        f.apply(set_state(b, NodeState::Removed)).unwrap();
+        let mut moved = f.state().descriptors()[1].clone();
+        moved.epoch = Some(Epoch { version: 1, conf_ver: 2 });
+        moved.replicas.pop();
+        let shards = vec![ShardInfo { shard: Some(moved), leader_node_id: a, down_replicas: 1 }];
+        assert!(matches!(f.apply(Some(Op::UpdateShards(ShardUpdates { shards }))), Ok(Reply::Updated(1))));
+        let restored = f.restore().unwrap();
+        assert_eq!(*restored.state.read(), f.state());
+        assert_eq!(*restored.version.borrow(), f.state().version, "watchers learn the restored version");
+    }
+
+    #[test]
+    fn a_corrupt_node_or_shard_record_is_a_corrupt_error_not_a_panic() {
+        for key in [node_key(1000), shard_key(1000), [NODE_PREFIX, &b"abc"[..]].concat()] {
+            let mut f = Fixture::new();
+            f.apply(register(0, "a:1")).unwrap();
+            f.put_raw(&key, b"\xff\xff\xff");
+            let err = f.restore().err().expect("loaded a corrupt record");
+            assert!(matches!(err, ringkv_raft::Error::Corrupt(_)), "{key:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_counter_that_is_not_8_bytes_is_a_corrupt_error_not_a_restart_of_ids() {
+        for key in [NEXT_ID, VERSION] {
+            let f = Fixture::new();
+            f.put_raw(key, b"\x01\x02\x03");
+            let err = ClusterState::load(&f.engine).expect_err("loaded a corrupt counter");
+            assert!(matches!(err, ringkv_raft::Error::Corrupt(_)), "{err}");
+        }
     }
 }
