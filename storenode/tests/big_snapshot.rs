@@ -475,7 +475,7 @@ async fn run(c: Arc<LocalCluster>) {
         assert_eq!(after.get(&s.id), before.get(&s.id), "shard {}: (leader node, term) before vs after", s.id);
     }
     assert!(snaps("applied") > applied0, "A applied a snapshot");
-    assert!(load.hist[0].len() > 0 && during.len() > 0, "writes measured before and during the snapshot");
+    assert!(!load.hist[0].is_empty() && !during.is_empty(), "writes measured before and during the snapshot");
     let mine = status(c, A, vec![big.id]).await.expect("A status").remove(0);
     assert_eq!(mine.replica_id, new_id);
     assert!(mine.failure.is_empty(), "{mine:?}");
