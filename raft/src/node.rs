@@ -160,3 +160,24 @@ impl Drop for ExitGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_thread_that_panics_runs_the_exit_hook_and_clears_the_running_flag() {
+        let running = Arc::new(AtomicBool::new(true));
+        let hooked = Arc::new(AtomicBool::new(false));
+        let h = hooked.clone();
+        let guard =
+            ExitGuard { running: running.clone(), on_exit: Some(Box::new(move || h.store(true, Ordering::SeqCst))) };
+        let t = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("persisting Raft state: disk gone");
+        });
+        assert!(t.join().is_err());
+        assert!(!running.load(Ordering::SeqCst), "health sees the loop is gone");
+        assert!(hooked.load(Ordering::SeqCst), "the process is told to exit");
+    }
+}
