@@ -378,3 +378,52 @@ fn a_full_inbox_answers_busy_at_once() {
     // Reports of the loop's own work are never refused.
     h.send_internal(LoopRequest::SnapshotGenerated { group_id: 1 }).unwrap();
 }
+
+/// Log compaction must not livelock a group whose follower is receiving a
+/// snapshot: the leader keeps the entries that follower continues from.
+#[test]
+fn the_leader_keeps_the_log_a_follower_receiving_a_snapshot_will_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let raft = RaftConfig { compact_log_entries: 10, ..Default::default() };
+    let cfg = LoopConfig { node_id: 1, snapshot_dir: dir.path().join("snap"), raft };
+    let (mut lp, _h) =
+        RaftLoop::new(cfg, engine, NoNetwork, Arc::new(RaftMetrics::new(1)), TestStateMachine::default).unwrap();
+    // Voter 10 here (it commits alone), learner 11 on a node that never answers.
+    create(&mut lp, single_voter(1), 10, true).unwrap();
+    elect(&mut lp, &[1]);
+    let learner = MemberChange {
+        kind: MemberChangeKind::AddLearner,
+        member: Member { replica_id: 11, node_id: 2, role: MemberRole::Learner as i32 },
+    };
+    let (tx, mut rx) = oneshot::channel();
+    lp.handle(LoopRequest::ChangeMembers {
+        group_id: 1,
+        expect: None,
+        changes: vec![learner],
+        deadline: later(),
+        cb: tx,
+    });
+    lp.run_pass();
+    assert!(rx.try_recv().unwrap().is_ok(), "learner added");
+    let snapshot_at = lp.replicas[&1].raw.raft.raft_log.last_index();
+    lp.replicas.get_mut(&1).unwrap().raw.raft.mut_prs().get_mut(11).unwrap().become_snapshot(snapshot_at);
+    for i in 0..40 {
+        let mut rx = propose(&mut lp, 1, put(&format!("k{i}")), later());
+        lp.run_pass();
+        assert!(rx.try_recv().unwrap().is_ok());
+    }
+    let store = lp.replicas[&1].raw.store();
+    assert!(store.applied_index() > snapshot_at + 30, "entries applied past the compaction threshold");
+    assert!(
+        store.truncated_index() <= snapshot_at,
+        "truncated to {} although the learner continues from {snapshot_at}",
+        store.truncated_index()
+    );
+    // Once the learner is back to replicating, compaction resumes.
+    lp.replicas.get_mut(&1).unwrap().raw.raft.mut_prs().get_mut(11).unwrap().become_probe();
+    let mut rx = propose(&mut lp, 1, put("last"), later());
+    lp.run_pass();
+    assert!(rx.try_recv().unwrap().is_ok());
+    assert!(lp.replicas[&1].raw.store().truncated_index() > snapshot_at, "compaction goes on");
+}
