@@ -15,6 +15,8 @@
 //! outcome of a write cannot be known (the deadline passed after it left), the
 //! error is [`Error::Ambiguous`]: the write may or may not have happened.
 
+#![warn(missing_docs)]
+
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -33,6 +35,7 @@ use tonic::{Code, Status};
 
 const REQUEST_ID_HEADER: &str = "ringkv-request-id";
 
+/// Why a call failed, and so whether its write may have happened.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// Bad input: nothing was written.
@@ -50,6 +53,7 @@ pub enum Error {
     /// An atomic batch whose keys do not share one hash tag.
     #[error("keys span hash tags: {0}")]
     CrossTag(String),
+    /// A router address is malformed, or none was given: no client was made.
     #[error("bad router address {0:?}")]
     BadAddress(String),
 }
@@ -80,11 +84,13 @@ impl Error {
     }
 }
 
+/// The client's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One page of a scan; pass `continuation` back for the next (empty: done).
 pub type ScanPage = ScanResponse;
 
+/// A ringkv client: talks to one router at a time and fails over to the next.
 pub struct Client {
     routers: Vec<Endpoint>,
     /// The router currently in use (index into `routers`) and its channel.
@@ -192,10 +198,12 @@ impl Client {
         r
     }
 
+    /// Reads `key` linearizably; `None` when absent.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.get_with(key, ReadConsistency::Linearizable).await
     }
 
+    /// Reads `key` with the given consistency; `None` when absent.
     pub async fn get_with(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>> {
         let r = self
             .call(false, |mut c, id, t| {
@@ -206,6 +214,7 @@ impl Client {
         Ok(r.found.then_some(r.value))
     }
 
+    /// Writes `value` under `key`.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.call(true, |mut c, id, t| {
             let req = PutRequest { key: key.to_vec(), value: value.to_vec() };

@@ -12,6 +12,7 @@
 // tonic's `Status` is large, and gRPC calls return it by value: boxing it
 // everywhere would only add noise.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 pub mod hashing;
 pub mod limits;

@@ -14,6 +14,8 @@
 //! - [`scheduler`]: the leader's background work (bootstrap).
 //! - [`server`]: wires it into a process.
 
+#![warn(missing_docs)]
+
 pub mod group;
 pub mod ring;
 pub mod scheduler;
@@ -27,6 +29,7 @@ pub use server::{PlacementConfig, PlacementHandle, PlacementServer};
 
 pub use group::GROUP_ID;
 
+/// How placement shapes and watches the cluster.
 #[derive(Clone, Debug)]
 pub struct PlacementSettings {
     /// Replicas per shard (and storenodes needed before bootstrap).
@@ -35,6 +38,7 @@ pub struct PlacementSettings {
     pub initial_shards: u64,
     /// A storenode silent for longer than this is shown DOWN.
     pub down_after: Duration,
+    /// How long a proposal or leadership check waits for the Raft group.
     pub request_timeout: Duration,
 }
 

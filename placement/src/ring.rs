@@ -21,12 +21,14 @@ struct VNode {
     i: u64,
 }
 
+/// The consistent-hash ring of a set of nodes.
 pub struct Ring {
     ring: HashRing<VNode>,
     nodes: HashMap<u64, Node>,
 }
 
 impl Ring {
+    /// A ring of `nodes`, each with virtual nodes in proportion to its capacity.
     pub fn new(nodes: &[Node]) -> Ring {
         let mut ring = HashRing::new();
         for n in nodes {

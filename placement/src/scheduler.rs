@@ -14,6 +14,7 @@ use crate::GROUP_ID;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 
+/// Runs the leader's background loop every 200 ms until `stop` turns true.
 pub async fn run(svc: PlacementService, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     loop {

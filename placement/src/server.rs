@@ -19,33 +19,46 @@ use crate::service::{Liveness, PlacementService};
 use crate::state::{PlacementStateMachine, Shared};
 use crate::PlacementSettings;
 
+/// A placement member's settings.
 #[derive(Clone, Debug)]
 pub struct PlacementConfig {
     /// This member's id (1, 2, 3…): also its Raft replica id.
     pub member_id: u64,
+    /// gRPC address (Placement, Raft transport); port 0 picks a free one.
     pub listen_addr: SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz; `None`: no HTTP.
     pub http_addr: Option<SocketAddr>,
+    /// Directory holding the member's RocksDB data and Raft state.
     pub data_dir: PathBuf,
     /// Every member, this one included: id -> gRPC address. The first start
     /// creates the group with exactly these voters.
     pub members: Vec<(u64, String)>,
     /// The Raft engine's settings.
     pub raft: RaftConfig,
+    /// Replication, bootstrap and liveness settings.
     pub settings: PlacementSettings,
 }
 
+/// Entry point: [`PlacementServer::start`] runs one placement member in this process.
 pub struct PlacementServer;
 
+/// A running placement member; [`PlacementHandle::shutdown`] stops it.
 pub struct PlacementHandle {
+    /// This member's id.
     pub member_id: u64,
+    /// The bound gRPC address.
     pub grpc_addr: SocketAddr,
+    /// The bound HTTP address, if HTTP is served.
     pub http_addr: Option<SocketAddr>,
+    /// The member's view of the replicated state.
     pub shared: Arc<Shared>,
     raft: Option<RaftNode<PlacementStateMachine>>,
     serving: Option<Serving>,
 }
 
 impl PlacementServer {
+    /// Starts a placement member on the current tokio runtime, creating the
+    /// group on first start; fails if `member_id` is not among `members`.
     pub async fn start(cfg: PlacementConfig) -> Result<PlacementHandle, StartError> {
         let id = cfg.member_id;
         if id == 0 || !cfg.members.iter().any(|(m, _)| *m == id) {
@@ -106,6 +119,7 @@ impl PlacementServer {
 }
 
 impl PlacementHandle {
+    /// Stops serving (and the scheduler), then stops the Raft loop and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(serving) = self.serving.take() {
             serving.stop().await;

@@ -29,7 +29,9 @@ use crate::{PlacementSettings, GROUP_ID};
 /// leader starts empty and gives every node a full timeout before calling it down.
 #[derive(Default)]
 pub struct Liveness {
+    /// When this member became leader; `None` while it is not the leader.
     pub since_leader: Option<Instant>,
+    /// Node id -> when its last heartbeat arrived.
     pub last_seen: HashMap<u64, Instant>,
 }
 
@@ -48,6 +50,7 @@ impl Liveness {
     }
 }
 
+/// The Placement gRPC service of one placement member.
 #[derive(Clone)]
 pub struct PlacementService {
     pub(crate) member_id: u64,

@@ -63,10 +63,15 @@ fn counter(engine: &Engine, key: &[u8], default: u64) -> Result<u64> {
 /// What placement knows, as of the last applied entry.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterState {
+    /// The map version, bumped by every command that changes nodes or shards.
     pub version: u64,
+    /// Whether the initial shards have been created.
     pub bootstrapped: bool,
+    /// The next id to allocate (nodes, shards and replicas share one space).
     pub next_id: u64,
+    /// Every registered node by id, removed ones included.
     pub nodes: BTreeMap<u64, Node>,
+    /// Every shard by id, with its last reported descriptor and leader.
     pub shards: BTreeMap<u64, ShardInfo>,
 }
 
@@ -102,6 +107,7 @@ impl ClusterState {
         Ok(st)
     }
 
+    /// The descriptor of every shard, by shard id.
     pub fn descriptors(&self) -> Vec<ShardDescriptor> {
         self.shards.values().filter_map(|s| s.shard.clone()).collect()
     }
@@ -110,43 +116,56 @@ impl ClusterState {
 /// Why a placement command was refused (every replica refuses it the same way).
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum CommandError {
+    /// The command names a node that never registered.
     #[error("node {0} is not registered")]
     UnknownNode(u64),
+    /// The command names a node in state REMOVED.
     #[error("node {0} was removed; a removed node cannot come back")]
     NodeRemoved(u64),
+    /// The command is malformed or asks for something not allowed.
     #[error("{0}")]
     Invalid(String),
 }
 
+/// The answer to an applied placement command.
 #[derive(Debug)]
 pub enum Reply {
+    /// A node registered: its id (allocated when it asked with 0).
     Registered(u64),
+    /// A node's state was set: the node as it now is.
     Node(Node),
+    /// Bootstrap: `true` if this command created the shards, `false` if they existed.
     Bootstrapped(bool),
+    /// Shard updates: how many shards changed.
     Updated(usize),
 }
 
+/// What applying a placement command answers.
 pub type CommandResult = std::result::Result<Reply, CommandError>;
 
 /// Shared between the state machine (writer, on the Raft loop thread) and the
 /// gRPC services (readers).
 pub struct Shared {
+    /// The mirror of the replicated state, as of the last applied entry.
     pub state: RwLock<ClusterState>,
     /// The map version, for watchers.
     pub version: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// An empty state at version 0.
     pub fn new() -> Arc<Shared> {
         Arc::new(Shared { state: RwLock::new(ClusterState::default()), version: watch::channel(0).0 })
     }
 }
 
+/// Applies placement commands to the engine and to the [`Shared`] mirror.
 pub struct PlacementStateMachine {
     shared: Arc<Shared>,
 }
 
 impl PlacementStateMachine {
+    /// A state machine that keeps `shared` up to date.
     pub fn new(shared: Arc<Shared>) -> Self {
         PlacementStateMachine { shared }
     }

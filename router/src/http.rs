@@ -28,6 +28,8 @@ use crate::service::{write_options, KvService, REQUEST_ID_HEADER};
 /// Deadlines longer than this are clamped.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The gateway's routes, answering through `svc`; `default_timeout` applies
+/// when a request has no `?timeout_ms=`.
 pub fn routes(svc: KvService, default_timeout: Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/kv/:key", get(get_key).put(put_key).delete(delete_key))

@@ -12,6 +12,7 @@
 // gRPC `Status` and axum `Response` are large and returned by value, as
 // their frameworks intend.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 pub mod http;
 pub mod metrics;

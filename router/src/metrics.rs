@@ -47,6 +47,7 @@ pub fn observe<T>(op: &str, start: Instant, r: &Result<T, ApiError>) {
     METRICS.duration.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
 }
 
+/// The router's metrics in the Prometheus text format.
 pub fn render() -> String {
     let mut buf = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);

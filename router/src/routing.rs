@@ -25,14 +25,22 @@ use crate::shard_map::ShardMapCache;
 /// Why a routed call failed, in the terms of the public API.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
+    /// The request itself is wrong (a storenode refused it); nothing was applied.
     #[error("invalid {field}: {reason}")]
-    Invalid { field: String, reason: String },
+    Invalid {
+        /// Which part of the request.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Nothing was applied (no leader, no quorum, no shard map in time).
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The deadline passed after a write left: it may or may not be applied.
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
+    /// Shed: this router has too many calls in flight, or the storenode stayed
+    /// busy until the deadline; nothing was applied.
     #[error("overloaded: {0}")]
     Overloaded(String),
 }
@@ -43,11 +51,14 @@ pub struct CallOptions {
     /// Kept across every retry of a write so the shard applies it at most
     /// once; clients that retry through another router send their own.
     pub request_id: Vec<u8>,
+    /// Whether the call writes (so an unclear outcome is ambiguous).
     pub is_write: bool,
+    /// When the router stops retrying and answers.
     pub deadline: Instant,
 }
 
 impl CallOptions {
+    /// Options for a read: no request id.
     pub fn read(deadline: Instant) -> Self {
         CallOptions { request_id: Vec::new(), is_write: false, deadline }
     }
@@ -62,7 +73,9 @@ pub enum Target<'a> {
     Shard(u64),
 }
 
+/// Routes calls to shard leaders through the shard map, with a limit on calls in flight.
 pub struct Router {
+    /// Where shards and their leaders are.
     pub map: Arc<ShardMapCache>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Calls in flight; past the limit new ones are shed (Overloaded) rather
@@ -71,6 +84,7 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router over `map` that sheds calls past `max_inflight` (at least 1) in flight.
     pub fn new(map: Arc<ShardMapCache>, max_inflight: usize) -> Self {
         Router { map, channels: Mutex::new(HashMap::new()), inflight: Semaphore::new(max_inflight.max(1)) }
     }

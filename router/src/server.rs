@@ -14,29 +14,39 @@ use crate::routing::Router;
 use crate::service::KvService;
 use crate::shard_map::ShardMapCache;
 
+/// A router's settings.
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
+    /// gRPC address of the `Kv` service; port 0 picks a free one.
     pub listen_addr: SocketAddr,
+    /// HTTP address of the gateway and /metrics, /healthz, /readyz; `None`: no HTTP.
     pub http_addr: Option<SocketAddr>,
     /// Placement members' gRPC addresses.
     pub placement: Vec<String>,
     /// Deadline of a request that names none.
     pub default_timeout: Duration,
+    /// Request limits, checked before a request reaches a storenode.
     pub limits: Limits,
     /// Shard calls in flight before new requests are shed (HTTP 429).
     pub max_inflight: usize,
 }
 
+/// Entry point: [`RouterServer::start`] runs one router in this process.
 pub struct RouterServer;
 
+/// A running router; [`RouterHandle::shutdown`] stops it.
 pub struct RouterHandle {
+    /// The bound gRPC address.
     pub grpc_addr: SocketAddr,
+    /// The bound HTTP address, if HTTP is served.
     pub http_addr: Option<SocketAddr>,
+    /// The router's copy of the shard map.
     pub map: Arc<ShardMapCache>,
     serving: Serving,
 }
 
 impl RouterServer {
+    /// Starts a router on the current tokio runtime; fails without a placement address.
     pub async fn start(cfg: RouterConfig) -> Result<RouterHandle, StartError> {
         if cfg.placement.is_empty() {
             return Err(StartError::Other("a router needs at least one placement address".into()));
@@ -64,6 +74,7 @@ fn render_metrics() -> String {
 }
 
 impl RouterHandle {
+    /// Stops serving and the map refresher, and waits for them.
     pub async fn shutdown(self) {
         self.serving.stop().await;
     }

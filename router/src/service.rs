@@ -25,6 +25,7 @@ use crate::routing::{CallOptions, RouteError, Router, Target};
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
 const DEFAULT_SCAN_LIMIT: u32 = 100;
 
+/// The `Kv` service, shared by the gRPC server and the HTTP gateway.
 #[derive(Clone)]
 pub struct KvService {
     router: Arc<Router>,
@@ -32,6 +33,7 @@ pub struct KvService {
     default_timeout: Duration,
 }
 
+/// A routing failure as the API's typed error, naming `key`.
 pub fn api_error(e: &RouteError, key: &[u8]) -> ApiError {
     let code = match e {
         RouteError::Invalid { .. } => ErrorCode::InvalidArgument,
@@ -77,6 +79,8 @@ fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
 }
 
 impl KvService {
+    /// A service routing through `router`, checking `limits`; `default_timeout`
+    /// bounds requests that carry no deadline.
     pub fn new(router: Arc<Router>, limits: Limits, default_timeout: Duration) -> Self {
         KvService { router, limits, default_timeout }
     }
@@ -100,6 +104,7 @@ impl KvService {
         Instant::now() + t
     }
 
+    /// Refuses an empty key or one over `limits.max_key_bytes`.
     pub fn check_key(&self, key: &[u8]) -> Result<(), ApiError> {
         if key.is_empty() {
             return Err(invalid("key", "empty"));
@@ -110,6 +115,7 @@ impl KvService {
         Ok(())
     }
 
+    /// Refuses a value over `limits.max_value_bytes`.
     pub fn check_value(&self, v: &[u8]) -> Result<(), ApiError> {
         if v.len() > self.limits.max_value_bytes {
             return Err(invalid("value", format!("{} bytes, limit {}", v.len(), self.limits.max_value_bytes)));
@@ -126,18 +132,22 @@ impl KvService {
 
     // Public entry points (gRPC and HTTP both come here): each is counted.
 
+    /// Reads one key with the given consistency, by `deadline`.
     pub async fn get_at(&self, key: Vec<u8>, consistency: i32, deadline: Instant) -> Result<GetResponse, ApiError> {
         timed("get", self.get_at_inner(key, consistency, deadline)).await
     }
 
+    /// Writes one key.
     pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, opts: &CallOptions) -> Result<PutResponse, ApiError> {
         timed("put", self.put_at_inner(key, value, opts)).await
     }
 
+    /// Deletes one key.
     pub async fn delete_at(&self, key: Vec<u8>, opts: &CallOptions) -> Result<DeleteResponse, ApiError> {
         timed("delete", self.delete_at_inner(key, opts)).await
     }
 
+    /// Compare-and-swap on one key.
     pub async fn cas_at(
         &self,
         req: CompareAndSwapRequest,
@@ -146,14 +156,18 @@ impl KvService {
         timed("cas", self.cas_at_inner(req, opts)).await
     }
 
+    /// Reads many keys, one call per shard in parallel, by `deadline`.
     pub async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
         timed("batch_get", self.batch_get_at_inner(req, deadline)).await
     }
 
+    /// Writes many keys, one call per shard in parallel; failures are reported
+    /// per key, not for the whole batch.
     pub async fn batch_put_at(&self, req: BatchPutRequest, opts: &CallOptions) -> Result<BatchPutResponse, ApiError> {
         timed("batch_put", self.batch_put_at_inner(req, opts)).await
     }
 
+    /// Compares and mutates keys that share one hash tag, atomically in one shard.
     pub async fn atomic_batch_at(
         &self,
         req: AtomicBatchRequest,
@@ -162,6 +176,7 @@ impl KvService {
         timed("atomic_batch", self.atomic_batch_at_inner(req, opts)).await
     }
 
+    /// One page of a scan, by `deadline`.
     pub async fn scan_at(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
         timed("scan", self.scan_at_inner(req, deadline)).await
     }

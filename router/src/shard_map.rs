@@ -24,6 +24,7 @@ struct Inner {
     nodes: HashMap<u64, String>,
 }
 
+/// The router's shard map, leader hints and storenode addresses.
 pub struct ShardMapCache {
     inner: RwLock<Inner>,
     placement: Arc<PlacementClient>,
@@ -33,6 +34,7 @@ pub struct ShardMapCache {
 }
 
 impl ShardMapCache {
+    /// An empty map, to be filled from `placement` by [`ShardMapCache::run`].
     pub fn new(placement: Arc<PlacementClient>) -> Arc<Self> {
         Arc::new(ShardMapCache {
             inner: RwLock::new(Inner::default()),
@@ -42,10 +44,12 @@ impl ShardMapCache {
         })
     }
 
+    /// The version of the installed map (0 before the first).
     pub fn version(&self) -> u64 {
         self.inner.read().version
     }
 
+    /// Whether a map with shards has been installed.
     pub fn is_loaded(&self) -> bool {
         *self.loaded.borrow()
     }
@@ -88,14 +92,17 @@ impl ShardMapCache {
         hashing::in_range(h, s.start, s.end).then(|| s.clone())
     }
 
+    /// Every shard's descriptor, sorted by range start.
     pub fn shards(&self) -> Vec<ShardDescriptor> {
         self.inner.read().shards.clone()
     }
 
+    /// The node last known to lead `shard_id`.
     pub fn leader(&self, shard_id: u64) -> Option<u64> {
         self.inner.read().leaders.get(&shard_id).copied()
     }
 
+    /// Records `shard_id`'s leader node, or forgets it with `None`.
     pub fn set_leader(&self, shard_id: u64, node_id: Option<u64>) {
         let mut inner = self.inner.write();
         match node_id {
@@ -104,6 +111,7 @@ impl ShardMapCache {
         };
     }
 
+    /// The gRPC address of storenode `node_id`, from the last installed map.
     pub fn address(&self, node_id: u64) -> Option<String> {
         self.inner.read().nodes.get(&node_id).cloned()
     }
@@ -126,6 +134,7 @@ impl ShardMapCache {
         self.refresh.notify_one();
     }
 
+    /// Wakes the refresher to re-fetch the map from placement now.
     pub fn request_refresh(&self) {
         self.refresh.notify_one();
     }

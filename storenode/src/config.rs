@@ -11,14 +11,17 @@ use crate::keys::MAX_KEY_LEN_HARD;
 /// Request limits, shared with routers.
 pub use ringkv_common::limits::Limits;
 
+/// A storenode's settings; missing fields take their defaults.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorenodeConfig {
+    /// This node's id: non-zero, unique in the cluster.
     pub node_id: u64,
     /// gRPC address (ShardKv, Admin, Raft transport).
     pub listen_addr: SocketAddr,
     /// HTTP address for /metrics, /healthz, /readyz.
     pub http_addr: Option<SocketAddr>,
+    /// Directory holding the node's RocksDB data and Raft state.
     pub data_dir: PathBuf,
     /// Other storenodes: node id -> gRPC address (static clusters; with
     /// placement, peers are learnt from its heartbeat answers).
@@ -27,19 +30,26 @@ pub struct StorenodeConfig {
     pub placement: Vec<String>,
     /// The address other processes reach this node at (default: listen_addr).
     pub advertise_addr: Option<String>,
+    /// Failure zone sent to placement, which spreads a shard's replicas over
+    /// distinct zones when set; empty: no zone.
     pub zone: String,
     /// Relative weight when placement spreads replicas.
     pub capacity: u64,
+    /// Interval between heartbeats to placement, in milliseconds (positive).
     pub heartbeat_ms: u64,
     /// The Raft engine's settings (`[raft]`).
     pub raft: RaftConfig,
+    /// Request limits (`[limits]`).
     pub limits: Limits,
 }
 
+/// Another storenode of a static cluster.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
+    /// The peer's node id: non-zero, not this node's.
     pub node_id: u64,
+    /// The peer's gRPC address.
     pub address: String,
 }
 
@@ -62,12 +72,26 @@ impl Default for StorenodeConfig {
     }
 }
 
+/// Why a configuration could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this struct.
     #[error("parsing {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// A setting is out of range or inconsistent (found by `validate`).
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -79,11 +103,13 @@ impl From<ConfigError> for ringkv_common::server::StartError {
 }
 
 impl StorenodeConfig {
+    /// Reads a config from a TOML file (without validating it).
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
     }
 
+    /// Checks ids, intervals, limits and the Raft settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.node_id == 0 {

@@ -8,36 +8,68 @@ use ringkv_proto::error as pb;
 use ringkv_proto::meta::{Replica, ShardDescriptor};
 use tonic::{Code, Status};
 
+/// Everything a storenode request or shard operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// This replica is not the shard's leader; `leader` is its best guess.
     #[error("shard {shard_id}: not the leader (leader: {leader:?})")]
-    NotLeader { shard_id: u64, leader: Option<Replica>, leader_address: String },
+    NotLeader {
+        /// The shard asked.
+        shard_id: u64,
+        /// The leader this replica knows of, if any.
+        leader: Option<Replica>,
+        /// The leader's node address, when known (empty otherwise).
+        leader_address: String,
+    },
+    /// The caller's view of the shard is stale; carries the shard's current descriptor.
     #[error("shard {}: epoch mismatch, current {:?}", .0.id, .0.epoch)]
     EpochMismatch(Box<ShardDescriptor>),
+    /// No replica of this shard on this node.
     #[error("shard {0} not found on this node")]
     ShardNotFound(u64),
+    /// The key lies outside the shard's key range.
     #[error("key not in shard {}", .shard.id)]
-    KeyNotInShard { key: Vec<u8>, shard: Box<ShardDescriptor> },
+    KeyNotInShard {
+        /// The key asked for.
+        key: Vec<u8>,
+        /// The shard's current descriptor.
+        shard: Box<ShardDescriptor>,
+    },
+    /// The request itself is wrong; retrying it cannot help.
     #[error("invalid {field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    InvalidArgument {
+        /// Which part of the request.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The write may or may not have been applied.
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
+    /// Certainly not applied; trying again (perhaps on another replica) may work.
     #[error("not applied, retry: {0}")]
     Retryable(String),
+    /// The node is overloaded and shed the request; nothing was applied.
     #[error("busy: {0}")]
     Busy(String),
+    /// RocksDB failed.
     #[error("storage engine: {0}")]
     Engine(#[from] rocksdb::Error),
+    /// raft-rs refused a step or proposal.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// Stored or received data does not decode or check out.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A file operation failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The storenode (its Raft engine) has stopped.
     #[error("stopped")]
     Stopped,
 }
 
+/// The storenode's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<ringkv_raft::Error> for Error {
@@ -76,6 +108,7 @@ impl From<ringkv_raft::Error> for Error {
 }
 
 impl Error {
+    /// An [`Error::InvalidArgument`] for `field`.
     pub fn invalid(field: &str, reason: impl Into<String>) -> Error {
         Error::InvalidArgument { field: field.to_string(), reason: reason.into() }
     }
@@ -111,6 +144,7 @@ impl Error {
         WireError::from_proto(e).into()
     }
 
+    /// The gRPC status code this error is sent with (`Internal` for internal ones).
     pub fn code(&self) -> Code {
         self.to_wire().map_or(Code::Internal, |w| w.code())
     }

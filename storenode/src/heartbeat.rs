@@ -19,12 +19,19 @@ use crate::shard::{Shard, ShardStateMachine};
 /// A follower trailing its leader by more entries than this counts as down.
 const LAGGING_ENTRIES: u64 = 1000;
 
+/// The task that registers this storenode with placement and heartbeats to it.
 pub struct Heartbeat {
+    /// This node's id; placement must register it under the same id.
     pub node_id: u64,
+    /// Sent until placement accepts it (address, zone, capacity).
     pub register: RegisterNodeRequest,
+    /// Connections to the placement members.
     pub client: Arc<PlacementClient>,
+    /// The Raft loop: source of replica status, target of replica creation.
     pub loop_handle: LoopHandle<ShardStateMachine>,
+    /// Updated with every other storenode's address from heartbeat answers.
     pub address_book: Arc<AddressBook>,
+    /// Time between heartbeats (and between registration attempts).
     pub interval: Duration,
 }
 
@@ -50,6 +57,7 @@ fn report(r: ReplicaStatus) -> ReplicaReport {
 }
 
 impl Heartbeat {
+    /// Registers, then heartbeats every `interval` until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut registered = false;
         loop {

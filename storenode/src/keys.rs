@@ -48,6 +48,7 @@ pub fn data_range(start: u64, end: u64) -> (Vec<u8>, Vec<u8>) {
     (lo, hi)
 }
 
+/// The `meta` CF key of a shard's de-dup record for `request_id`.
 pub fn meta_dedup_key(shard_id: u64, request_id: &[u8]) -> Vec<u8> {
     let mut k = shard_prefix(shard_id, META_DEDUP);
     k.extend_from_slice(request_id);

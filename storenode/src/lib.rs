@@ -15,6 +15,7 @@
 // tonic's `Status` is large, and gRPC handlers return it by value: boxing
 // it everywhere would only add noise.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod error;

@@ -23,13 +23,20 @@ use ringkv_raft::node::{RaftNode, MAX_GRPC_MESSAGE_BYTES};
 use ringkv_raft::transport::AddressBook;
 use ringkv_raft::LoopHandle;
 
+/// Entry point: [`Storenode::start`] runs one storenode in this process.
 pub struct Storenode;
 
+/// A running storenode; [`StorenodeHandle::shutdown`] stops it.
 pub struct StorenodeHandle {
+    /// This node's id.
     pub node_id: u64,
+    /// The bound gRPC address (the real port when the config asked for 0).
     pub grpc_addr: SocketAddr,
+    /// The bound HTTP address, if HTTP is served.
     pub http_addr: Option<SocketAddr>,
+    /// The node's metrics, as rendered on /metrics.
     pub metrics: Arc<Metrics>,
+    /// Node id -> gRPC address of the other storenodes, used by the Raft transport.
     pub address_book: Arc<AddressBook>,
     raft: Option<RaftNode<ShardStateMachine>>,
     loop_handle: LoopHandle<ShardStateMachine>,

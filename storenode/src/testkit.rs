@@ -58,6 +58,7 @@ where
     }
 }
 
+/// The replica id the kit gives `shard_id`'s replica on `node_id`.
 pub fn replica_id(shard_id: u64, node_id: u64) -> u64 {
     shard_id * 1000 + node_id
 }
@@ -112,10 +113,15 @@ pub async fn bootstrap_shards(addrs: &HashMap<u64, String>, shards: &[ShardDescr
     Ok(())
 }
 
+/// `n` storenodes in this process, node `i + 1` at index `i` of each vector.
 pub struct LocalCluster {
+    /// Directory holding every node's data directory.
     pub base: PathBuf,
+    /// Each node's config, with its bound addresses and peers filled in.
     pub configs: Vec<StorenodeConfig>,
+    /// Each node's handle; `None` while the node is stopped.
     pub nodes: Vec<Option<StorenodeHandle>>,
+    /// The static shard map the cluster was bootstrapped with.
     pub shards: Vec<ShardDescriptor>,
 }
 
@@ -185,14 +191,17 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// The gRPC address of `node_id`.
     pub fn addr(&self, node_id: u64) -> String {
         self.configs[node_id as usize - 1].listen_addr.to_string()
     }
 
+    /// Node id -> gRPC address, for every node.
     pub fn addresses(&self) -> HashMap<u64, String> {
         self.configs.iter().map(|c| (c.node_id, c.listen_addr.to_string())).collect()
     }
 
+    /// A [`ShardClient`] over this cluster's shard map.
     pub fn client(&self) -> ShardClient {
         ShardClient::new(self.shards.clone(), self.addresses())
     }
@@ -204,6 +213,7 @@ impl LocalCluster {
         }
     }
 
+    /// Starts a stopped node again from its config and data.
     pub async fn restart(&mut self, node_id: u64) -> anyhow_lite::Result<()> {
         let cfg = self.configs[node_id as usize - 1].clone();
         let h = Storenode::start(cfg).await?;
@@ -211,6 +221,7 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The handle of `node_id`, if it is running.
     pub fn node(&self, node_id: u64) -> Option<&StorenodeHandle> {
         self.nodes[node_id as usize - 1].as_ref()
     }
@@ -260,6 +271,7 @@ impl LocalCluster {
         }
     }
 
+    /// Stops every node cleanly.
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop(i as u64 + 1).await;
@@ -269,7 +281,9 @@ impl LocalCluster {
 
 /// A minimal error type for the kit (it is not library API to match on).
 pub mod anyhow_lite {
+    /// Any error.
     pub type Error = Box<dyn std::error::Error + Send + Sync>;
+    /// A result with any error.
     pub type Result<T> = std::result::Result<T, Error>;
 }
 
@@ -282,10 +296,12 @@ pub struct ShardClient {
     addrs: Arc<HashMap<u64, String>>,
     channels: Arc<RwLock<HashMap<u64, Channel>>>,
     leaders: Arc<RwLock<HashMap<u64, u64>>>,
+    /// How long [`ShardClient::call`] keeps retrying (default 10 s).
     pub deadline: Duration,
 }
 
 impl ShardClient {
+    /// A client for `shards`, reaching node ids at `addrs`.
     pub fn new(mut shards: Vec<ShardDescriptor>, addrs: HashMap<u64, String>) -> Self {
         shards.sort_by_key(|s| s.start);
         ShardClient {
@@ -297,6 +313,7 @@ impl ShardClient {
         }
     }
 
+    /// The shard whose range holds `key`'s hash.
     pub fn shard_for(&self, key: &[u8]) -> ShardDescriptor {
         let h = keys::key_hash(key);
         let shards = self.shards.read();
@@ -373,6 +390,7 @@ impl ShardClient {
         }
     }
 
+    /// Writes `value` under `key`.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.call(key, |mut c, ctx| {
             let req = PutRequest { context: Some(ctx), key: key.to_vec(), value: value.to_vec() };
@@ -382,6 +400,7 @@ impl ShardClient {
         .map(|_| ())
     }
 
+    /// Reads `key` with the given consistency; `None` when absent.
     pub async fn get_with(&self, key: &[u8], consistency: ReadConsistency) -> Result<Option<Vec<u8>>, Error> {
         let r = self
             .call(key, |mut c, ctx| {
@@ -392,10 +411,12 @@ impl ShardClient {
         Ok(r.found.then_some(r.value))
     }
 
+    /// Reads `key` linearizably; `None` when absent.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.get_with(key, ReadConsistency::Linearizable).await
     }
 
+    /// Deletes `key`; whether it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, Error> {
         self.call(key, |mut c, ctx| {
             let req = DeleteRequest { context: Some(ctx), key: key.to_vec() };

@@ -39,6 +39,7 @@ pub const DEDUP_WINDOW_ENTRIES: u64 = 200_000;
 /// they were grouped into passes: every replica holds the same table.
 const DEDUP_GC_EVERY: u64 = 1024;
 
+/// A value as stored in the `data` CF: the value header, then the value.
 pub fn encode_value(v: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(v.len() + 2);
     out.push(VALUE_FORMAT_V1);
@@ -47,6 +48,7 @@ pub fn encode_value(v: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The value inside a stored `data` CF value; `Corrupt` on an unknown header.
 pub fn decode_value(stored: &[u8]) -> Result<&[u8]> {
     match stored {
         [VALUE_FORMAT_V1, 0, rest @ ..] => Ok(rest),
