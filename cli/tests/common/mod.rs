@@ -22,8 +22,22 @@ pub fn ringkv() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ringkv"))
 }
 
+/// A loopback port that is free now and that this test process has not
+/// handed out before: the OS may return a port it just gave (and that was
+/// closed again) for the next bind of port 0, and two processes of one test
+/// cluster given the same port fail to start (seen: a router and a placement
+/// member both on 127.0.0.1:43207).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no loopback port left that this process has not handed out")
 }
 
 pub fn free_addr() -> String {
