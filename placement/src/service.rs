@@ -62,10 +62,6 @@ pub struct PlacementService {
     pub(crate) members: Arc<HashMap<u64, String>>,
 }
 
-/// How long past a request's deadline the service waits for the loop's
-/// own answer before giving up on it.
-const LOOP_GRACE: Duration = Duration::from_millis(500);
-
 /// An engine error as a gRPC status (typed details where the client can act).
 pub fn to_status(e: ringkv_raft::Error) -> Status {
     let e: Error = e.into();
@@ -86,7 +82,7 @@ impl PlacementService {
         let cmd = PlacementCommand { op: Some(op) };
         let deadline = std::time::Instant::now() + self.settings.request_timeout;
         let call = self.loop_handle.call(|cb| LoopRequest::Propose { group_id: GROUP_ID, cmd, deadline, cb });
-        let res = tokio::time::timeout(self.settings.request_timeout + LOOP_GRACE, call)
+        let res = tokio::time::timeout(self.settings.request_timeout + ringkv_raft::ANSWER_GRACE, call)
             .await
             .map_err(|_| Status::deadline_exceeded("placement: no answer in time (outcome unknown)"))?;
         res.map_err(to_status)?.map_err(command_status)
@@ -98,7 +94,7 @@ impl PlacementService {
         let deadline = std::time::Instant::now() + self.settings.request_timeout;
         let call =
             self.loop_handle.call(|cb| LoopRequest::Read { group_id: GROUP_ID, mode: ReadMode::Leader, deadline, cb });
-        match tokio::time::timeout(self.settings.request_timeout + LOOP_GRACE, call).await {
+        match tokio::time::timeout(self.settings.request_timeout + ringkv_raft::ANSWER_GRACE, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(to_status(e)),
             Err(_) => Err(Status::unavailable("placement: no quorum in time")),

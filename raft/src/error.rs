@@ -1,9 +1,9 @@
 //! The engine's error type. Errors the caller can act on (not the leader, a
 //! stale membership, a full inbox, an outcome that is unknown) are typed so
-//! that the process embedding the engine can map them onto its wire errors;
-//! [`Error::is_deterministic`] decides, in one place, which failures at apply
-//! are the same on every replica (answer the proposer) and which are local to
-//! this replica (fence the replica off).
+//! that the process embedding the engine can map them onto its wire errors.
+//! An `Err` from a state machine's apply is always taken as local to this
+//! replica (which is fenced off); deterministic refusals are the state
+//! machine's own responses.
 
 use crate::Member;
 
@@ -84,14 +84,5 @@ impl Error {
     /// An [`Error::InvalidArgument`].
     pub fn invalid(field: &str, reason: impl Into<String>) -> Error {
         Error::InvalidArgument { field: field.to_string(), reason: reason.into() }
-    }
-
-    /// Whether every replica applying the same entry to the same state meets
-    /// this error (so it is the entry's answer), as opposed to one that only
-    /// this replica meets (a disk error, a corrupt record on this node's disk),
-    /// after which this replica's state can no longer be trusted and it must
-    /// stop applying.
-    pub fn is_deterministic(&self) -> bool {
-        matches!(self, Error::InvalidArgument { .. } | Error::StaleEpoch { .. } | Error::ConfChangeRefused(_))
     }
 }

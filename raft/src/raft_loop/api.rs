@@ -21,6 +21,11 @@ use crate::error::{Error, Result};
 use crate::state_machine::StateMachine;
 use crate::Member;
 
+/// How long past a request's deadline a caller should wait for the loop's
+/// own answer before giving up on it: the loop checks deadlines on its tick,
+/// so its "outcome unknown" comes up to a tick late.
+pub const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where the answer to a request goes.
 pub type Callback<T> = oneshot::Sender<Result<T>>;
 

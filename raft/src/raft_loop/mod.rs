@@ -53,7 +53,7 @@ use ringkv_proto::engine::Tombstone;
 
 pub use api::{
     Callback, LoopHandle, LoopRequest, MemberChange, MemberChangeKind, ReadMode, ReplicaCondition, ReplicaStatus,
-    Transport,
+    Transport, ANSWER_GRACE,
 };
 
 use crate::config::RaftConfig;
@@ -199,33 +199,12 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         self.stop();
     }
 
-    /// Answers everyone still waiting: the loop is going away.
+    /// Answers everyone waiting on a replica: the loop is going away.
+    /// Requests still queued need nothing: dropping them drops their
+    /// callbacks, which [`LoopHandle::call`] reports as [`Error::Stopped`].
     fn stop(&mut self) {
         for r in self.replicas.values_mut() {
             r.fail_everyone(|| Error::Stopped);
-        }
-        let err = |_| Error::Stopped;
-        while let Ok(m) = self.requests.try_recv() {
-            self.refuse(m, err);
-        }
-    }
-
-    /// Answers a request that will not be handled.
-    fn refuse(&self, m: LoopRequest<S>, err: impl Fn(u64) -> Error) {
-        match m {
-            LoopRequest::Propose { group_id, cb, .. } => {
-                let _ = cb.send(Err(err(group_id)));
-            }
-            LoopRequest::Read { group_id, cb, .. } | LoopRequest::ChangeMembers { group_id, cb, .. } => {
-                let _ = cb.send(Err(err(group_id)));
-            }
-            LoopRequest::TransferLeader { group_id, cb, .. } | LoopRequest::RemoveReplica { group_id, cb } => {
-                let _ = cb.send(Err(err(group_id)));
-            }
-            LoopRequest::CreateReplica { cb, .. } => {
-                let _ = cb.send(Err(err(0)));
-            }
-            _ => {}
         }
     }
 

@@ -190,13 +190,6 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         }
     }
 
-    /// A "not the leader" error for `r`, to build as often as needed.
-    fn not_leader_fn(&self, r: &Replica<S>) -> impl Fn() -> crate::Error {
-        let (group_id, leader) = (r.id(), r.leader());
-        let leader_address = leader.as_ref().and_then(|l| self.transport.address(l.node_id)).unwrap_or_default();
-        move || crate::Error::NotLeader { group_id, leader, leader_address: leader_address.clone() }
-    }
-
     /// Hands each node its batch of messages; a dropped batch makes the
     /// senders' leaders probe the receivers again.
     fn flush(&mut self, out: Outbox) {

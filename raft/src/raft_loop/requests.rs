@@ -27,9 +27,15 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
     }
 
     pub(super) fn not_leader(&self, r: &Replica<S>) -> Error {
-        let leader = r.leader();
+        self.not_leader_fn(r)()
+    }
+
+    /// A "not the leader" error for `r` (its leader hint and that leader's
+    /// address), to build as often as needed.
+    pub(super) fn not_leader_fn(&self, r: &Replica<S>) -> impl Fn() -> Error {
+        let (group_id, leader) = (r.id(), r.leader());
         let leader_address = leader.as_ref().and_then(|l| self.transport.address(l.node_id)).unwrap_or_default();
-        Error::NotLeader { group_id: r.id(), leader, leader_address }
+        move || Error::NotLeader { group_id, leader, leader_address: leader_address.clone() }
     }
 
     /// The replica of a group if it leads.

@@ -26,9 +26,6 @@ use crate::metrics::Metrics;
 use crate::shard::{decode_value, into_result, ShardStateMachine};
 
 const MAX_REQUEST_ID_BYTES: usize = 64;
-/// How long past a request's deadline the service waits for the loop's own
-/// answer (the loop checks deadlines on its tick) before giving up on it.
-const LOOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Pairs one Scan call returns at most.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 
@@ -120,7 +117,8 @@ impl KvService {
         };
         let (group_id, deadline) = (ctx.shard_id, self.deadline(ctx));
         let call = self.loop_handle.call(|cb| LoopRequest::Propose { group_id, cmd, deadline, cb });
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + LOOP_GRACE, call).await {
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + ringkv_raft::ANSWER_GRACE, call).await
+        {
             Ok(Ok(r)) => into_result(r),
             Ok(Err(ringkv_raft::Error::Stopped)) => {
                 Err(Error::Ambiguous("storenode stopped before the write finished".into()))
@@ -143,10 +141,13 @@ impl KvService {
         };
         let (group_id, deadline) = (ctx.shard_id, self.deadline(ctx));
         let call = self.loop_handle.call(|cb| LoopRequest::Read { group_id, mode, deadline, cb });
-        let shard = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + LOOP_GRACE, call).await {
-            Ok(r) => r.map_err(Error::from)?.0,
-            Err(_) => return Err(Error::Retryable("timed out waiting for a read index".into())),
-        };
+        let shard =
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + ringkv_raft::ANSWER_GRACE, call)
+                .await
+            {
+                Ok(r) => r.map_err(Error::from)?.0,
+                Err(_) => return Err(Error::Retryable("timed out waiting for a read index".into())),
+            };
         if let Some(e) = &ctx.epoch {
             if shard.epoch.as_ref().map_or(0, |x| x.version) != e.version {
                 return Err(Error::EpochMismatch(Box::new(shard)));
