@@ -10,13 +10,18 @@
 //! - [`group`]: the placement group's descriptor.
 //! - [`state`]: the replicated state and its state machine.
 //! - [`ring`]: where replicas go (consistent-hash ring of nodes).
+//! - [`operator`]: how a replica moves, as replicated state.
 //! - [`service`]: the Placement gRPC API.
-//! - [`scheduler`]: the leader's background work (bootstrap).
+//! - [`scheduler`]: the leader's background work: bootstrap, the checkers
+//!   (repair, decommission, balance, leaders) and the operators' driver.
+//! - [`metrics`]: the scheduler's metrics.
 //! - [`server`]: wires it into a process.
 
 #![warn(missing_docs)]
 
 pub mod group;
+pub mod metrics;
+pub mod operator;
 pub mod ring;
 pub mod scheduler;
 pub mod server;
@@ -36,10 +41,37 @@ pub struct PlacementSettings {
     pub replication_factor: usize,
     /// Shards created at bootstrap.
     pub initial_shards: u64,
-    /// A storenode silent for longer than this is shown DOWN.
+    /// A storenode silent for longer than this is DOWN for good: its
+    /// replicas are replaced on other nodes (CockroachDB's
+    /// `server.time_until_store_dead`, PD's `max-store-down-time`).
     pub down_after: Duration,
-    /// How long a proposal or leadership check waits for the Raft group.
+    /// A storenode silent for longer than this is shown DOWN (before its
+    /// replicas are replaced, at `down_after`).
+    pub heartbeat_timeout: Duration,
+    /// `down_after` for a node in maintenance (planned downtime).
+    pub maintenance_down_after: Duration,
+    /// How long a proposal or leadership check waits for the Raft group;
+    /// also the scheduler's timeout for one call to a storenode.
     pub request_timeout: Duration,
+    /// Operators in flight in the whole cluster.
+    pub max_operators: usize,
+    /// Operators in flight that add to or remove from one node.
+    pub max_operators_per_node: usize,
+    /// Replicas being added (receiving a snapshot) on one node at a time.
+    pub max_snapshots_per_node: usize,
+    /// How long an operator may take to add its learner (and any step
+    /// without a timeout of its own) before it rolls back.
+    pub operator_step_timeout: Duration,
+    /// How long a learner may take to catch up before its operator rolls back.
+    pub catch_up_timeout: Duration,
+}
+
+impl PlacementSettings {
+    /// When a silent node is shown DOWN: the heartbeat timeout, or the
+    /// down timeout when that is shorter.
+    pub fn shown_down_after(&self) -> Duration {
+        self.heartbeat_timeout.min(self.down_after)
+    }
 }
 
 impl Default for PlacementSettings {
@@ -47,8 +79,15 @@ impl Default for PlacementSettings {
         PlacementSettings {
             replication_factor: 3,
             initial_shards: 16,
-            down_after: Duration::from_secs(10),
+            down_after: Duration::from_secs(5 * 60),
+            heartbeat_timeout: Duration::from_secs(10),
+            maintenance_down_after: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(5),
+            max_operators: 16,
+            max_operators_per_node: 4,
+            max_snapshots_per_node: 2,
+            operator_step_timeout: Duration::from_secs(60),
+            catch_up_timeout: Duration::from_secs(10 * 60),
         }
     }
 }

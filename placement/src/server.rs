@@ -1,6 +1,6 @@
 //! Wires a placement member into a process: its Raft group (the storenode's
 //! [`RaftNode`] with the placement state machine), the Placement and
-//! RaftTransport gRPC services, HTTP /metrics, and the scheduler.
+//! RaftTransport gRPC services, HTTP /metrics (engine and scheduler), and the scheduler.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use ringkv_raft::transport::AddressBook;
 use ringkv_raft::{LoopRequest, RaftConfig, RaftMetrics};
 
 use crate::group::PlacementGroup;
+use crate::metrics::SchedulerMetrics;
 use crate::service::{Liveness, PlacementService};
 use crate::state::{PlacementStateMachine, Shared};
 use crate::PlacementSettings;
@@ -102,6 +103,8 @@ impl PlacementServer {
             liveness: Arc::new(Mutex::new(Liveness::default())),
             settings: cfg.settings.clone(),
             members: Arc::new(cfg.members.iter().cloned().collect::<HashMap<_, _>>()),
+            scheduler: Default::default(),
+            metrics: Arc::new(SchedulerMetrics::new(&metrics.registry)),
         };
         let mut serving = Serving::default();
         let routes = tonic::transport::Server::builder()

@@ -12,16 +12,21 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use ringkv_proto::placement::placement_server::Placement;
 use ringkv_proto::placement::{
-    placement_command::Op, ClusterStatusRequest, ClusterStatusResponse, GetShardMapRequest, ListNodesRequest,
-    ListNodesResponse, Node, NodeHeartbeatRequest, NodeHeartbeatResponse, NodeState, PlacementCommand, PlacementMember,
-    RegisterNodeRequest, RegisterNodeResponse, ReplicaAssignment, SetNodeStateRequest, SetNodeStateResponse, ShardInfo,
-    ShardMap, ShardUpdates, WatchShardMapRequest,
+    placement_command::Op, AdvanceOperator, BlockedShard, CancelOperatorRequest, CancelOperatorResponse,
+    ClusterStatusRequest, ClusterStatusResponse, GetShardMapRequest, ListNodesRequest, ListNodesResponse,
+    ListOperatorsRequest, ListOperatorsResponse, MoveReplicaRequest, MoveReplicaResponse, Node, NodeHeartbeatRequest,
+    NodeHeartbeatResponse, NodeLoad, NodeState, Operator, OperatorKind, OperatorStep, PlacementCommand,
+    PlacementMember, PlannedMove, RegisterNodeRequest, RegisterNodeResponse, ReplicaAssignment, SetClusterId,
+    SetMaintenanceRequest, SetMaintenanceResponse, SetNodeStateRequest, SetNodeStateResponse, ShardInfo, ShardMap,
+    ShardUpdates, StaleReplica, WatchShardMapRequest,
 };
 use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
 use ringkv_storenode::Error;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::SchedulerMetrics;
+use crate::scheduler::{self, SchedulerStatus};
 use crate::state::{ClusterState, CommandError, PlacementStateMachine, Reply, Shared};
 use crate::{PlacementSettings, GROUP_ID};
 
@@ -33,9 +38,16 @@ pub struct Liveness {
     pub since_leader: Option<Instant>,
     /// Node id -> when its last heartbeat arrived.
     pub last_seen: HashMap<u64, Instant>,
+    /// Replicas their nodes report fenced off: (shard id, replica id) -> why.
+    pub failed: HashMap<(u64, u64), String>,
 }
 
 impl Liveness {
+    /// How long node `id` has been silent (since this member leads, at most).
+    pub fn silent_for(&self, id: u64) -> Duration {
+        self.last_seen.get(&id).copied().or(self.since_leader).map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
     /// The node as clients should see it: stored state, or DOWN when silent.
     pub fn observed(&self, n: &Node, down_after: Duration) -> Node {
         let mut n = n.clone();
@@ -60,6 +72,10 @@ pub struct PlacementService {
     pub(crate) settings: PlacementSettings,
     /// Placement members: id -> gRPC address.
     pub(crate) members: Arc<HashMap<u64, String>>,
+    /// What the scheduler found on its last pass (leader only).
+    pub(crate) scheduler: Arc<Mutex<SchedulerStatus>>,
+    /// The scheduler's metrics.
+    pub(crate) metrics: Arc<SchedulerMetrics>,
 }
 
 /// An engine error as a gRPC status (typed details where the client can act).
@@ -70,8 +86,13 @@ pub fn to_status(e: ringkv_raft::Error) -> Status {
 
 fn command_status(e: CommandError) -> Status {
     match e {
-        CommandError::UnknownNode(_) => Status::not_found(e.to_string()),
-        CommandError::NodeRemoved(_) => Status::failed_precondition(e.to_string()),
+        CommandError::UnknownNode(_) | CommandError::UnknownShard(_) | CommandError::UnknownOperator(_) => {
+            Status::not_found(e.to_string())
+        }
+        CommandError::IdentityMismatch(_) => Status::already_exists(e.to_string()),
+        CommandError::NodeRemoved(_) | CommandError::WrongCluster { .. } | CommandError::Conflict(_) => {
+            Status::failed_precondition(e.to_string())
+        }
         CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }
@@ -101,12 +122,80 @@ impl PlacementService {
         }
     }
 
+    /// The cluster's id, set by the first registration that needs it.
+    async fn cluster_id(&self) -> Result<u64, Status> {
+        let id = self.shared.state.read().cluster_id;
+        if id != 0 {
+            return Ok(id);
+        }
+        let candidate = rand::random::<u64>().max(1);
+        match self.propose(Op::SetClusterId(SetClusterId { cluster_id: candidate })).await? {
+            Reply::ClusterId(id) => Ok(id),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Refuses to decommission `node_id` when fewer than the replication
+    /// factor of UP nodes would remain (CockroachDB's and PD's pre-check).
+    fn check_decommission(&self, st: &ClusterState, node_id: u64) -> Result<(), Status> {
+        let node = st.nodes.get(&node_id).ok_or(CommandError::UnknownNode(node_id)).map_err(command_status)?;
+        if node.state == NodeState::Removed as i32 {
+            return Err(command_status(CommandError::NodeRemoved(node_id)));
+        }
+        let views = scheduler::node_views(self, st);
+        let up: Vec<u64> = views
+            .values()
+            .filter(|v| v.node.id != node_id && v.node.state == NodeState::Up as i32)
+            .map(|v| v.node.id)
+            .collect();
+        let rf = self.settings.replication_factor;
+        if up.len() < rf {
+            return Err(Status::failed_precondition(format!(
+                "decommissioning node {node_id} would leave {} UP nodes ({up:?}), fewer than the replication factor {rf}: \
+                 its replicas would have nowhere to go; add a node first. Nothing changed.",
+                up.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The moves decommissioning `node_id` asks for, as the scheduler would
+    /// plan them now (ignoring how many it runs at once).
+    fn drain_plan(&self, st: &ClusterState, node_id: u64) -> Vec<PlannedMove> {
+        let mut st = st.clone();
+        if let Some(n) = st.nodes.get_mut(&node_id) {
+            n.state = NodeState::Draining as i32;
+        }
+        let mut svc = self.clone();
+        svc.settings.max_operators = usize::MAX;
+        svc.settings.max_operators_per_node = usize::MAX;
+        svc.settings.max_snapshots_per_node = usize::MAX;
+        let plan = scheduler::plan(&svc, &st, &Default::default());
+        let mut moves: Vec<PlannedMove> = plan
+            .operators
+            .into_iter()
+            .filter(|o| o.from_node == node_id)
+            .map(|o| PlannedMove { shard_id: o.shard_id, from_node: node_id, to_node: o.to_node, reason: o.reason })
+            .collect();
+        for (shard_id, reason) in plan.blocked {
+            if st
+                .shards
+                .get(&shard_id)
+                .and_then(|s| s.shard.as_ref())
+                .is_some_and(|d| d.replicas.iter().any(|r| r.node_id == node_id))
+            {
+                moves.push(PlannedMove { shard_id, from_node: node_id, to_node: 0, reason });
+            }
+        }
+        moves
+    }
+
     fn map(&self, st: &ClusterState) -> ShardMap {
         let live = self.liveness.lock();
         ShardMap {
             version: st.version,
             shards: st.shards.values().cloned().collect(),
-            nodes: st.nodes.values().map(|n| live.observed(n, self.settings.down_after)).collect(),
+            nodes: st.nodes.values().map(|n| live.observed(n, self.settings.shown_down_after())).collect(),
             bootstrapped: st.bootstrapped,
         }
     }
@@ -134,6 +223,31 @@ impl PlacementService {
     }
 }
 
+/// Replicas a node reports that placement's view of their shard has moved
+/// past: not a member of the shard's newer configuration and not the learner
+/// of an operator in flight. A replica whose own configuration is as new as
+/// placement's and contains itself is left alone (placement may lag).
+fn stale_replicas(st: &ClusterState, reports: &[ringkv_proto::placement::ReplicaReport]) -> Vec<StaleReplica> {
+    let mut out = Vec::new();
+    for r in reports {
+        let Some(local) = &r.shard else { continue };
+        let Some(d) = st.shards.get(&local.id).and_then(|s| s.shard.as_ref()) else { continue };
+        if d.replicas.iter().any(|m| m.replica_id == r.replica_id) {
+            continue;
+        }
+        if st.operators.values().any(|o| o.shard_id == d.id && o.to_replica == r.replica_id) {
+            continue;
+        }
+        let conf = |d: &ringkv_proto::meta::ShardDescriptor| d.epoch.unwrap_or_default().conf_ver;
+        let knows_itself = local.replicas.iter().any(|m| m.replica_id == r.replica_id);
+        if knows_itself && conf(local) >= conf(d) {
+            continue;
+        }
+        out.push(StaleReplica { shard_id: d.id, replica_id: r.replica_id });
+    }
+    out
+}
+
 type MapStream = Pin<Box<dyn Stream<Item = Result<ShardMap, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -143,10 +257,11 @@ impl Placement for PlacementService {
         if r.address.is_empty() || r.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!("address {:?}: expected HOST:PORT with an IP", r.address)));
         }
+        let cluster_id = self.cluster_id().await?;
         match self.propose(Op::Register(r)).await? {
             Reply::Registered(node_id) => {
                 self.liveness.lock().last_seen.insert(node_id, Instant::now());
-                Ok(Response::new(RegisterNodeResponse { node_id }))
+                Ok(Response::new(RegisterNodeResponse { node_id, cluster_id }))
             }
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
@@ -166,7 +281,23 @@ impl Placement for PlacementService {
             }
             Some(_) => {}
         }
-        self.liveness.lock().last_seen.insert(hb.node_id, Instant::now());
+        {
+            let mut live = self.liveness.lock();
+            live.last_seen.insert(hb.node_id, Instant::now());
+            let node_shards: Vec<u64> = hb.replicas.iter().filter_map(|r| r.shard.as_ref().map(|d| d.id)).collect();
+            live.failed.retain(|(shard, replica), _| {
+                // Entries of this node's replicas are replaced by this report.
+                !(node_shards.contains(shard)
+                    && st.shards.get(shard).and_then(|s| s.shard.as_ref()).is_some_and(|d| {
+                        d.replicas.iter().any(|r| r.replica_id == *replica && r.node_id == hb.node_id)
+                    }))
+            });
+            for r in hb.replicas.iter().filter(|r| !r.failure.is_empty()) {
+                if let Some(d) = &r.shard {
+                    live.failed.insert((d.id, r.replica_id), r.failure.clone());
+                }
+            }
+        }
         // What the node's leaders report that placement does not know yet.
         let mut updates = Vec::new();
         for r in hb.replicas.iter().filter(|r| r.is_leader) {
@@ -183,7 +314,20 @@ impl Placement for PlacementService {
         let reported: Vec<u64> = hb.replicas.iter().filter_map(|r| r.shard.as_ref().map(|s| s.id)).collect();
         let st = self.shared.state.read();
         let nodes = st.nodes.values().filter(|n| n.state != NodeState::Removed as i32).cloned().collect();
-        Ok(Response::new(NodeHeartbeatResponse { nodes, create: Self::assignments(&st, hb.node_id, &reported) }))
+        let remove = stale_replicas(&st, &hb.replicas);
+        for r in &remove {
+            tracing::info!(
+                node = hb.node_id,
+                shard = r.shard_id,
+                replica = r.replica_id,
+                "stale replica: asking its node to delete it"
+            );
+        }
+        Ok(Response::new(NodeHeartbeatResponse {
+            nodes,
+            create: Self::assignments(&st, hb.node_id, &reported),
+            remove,
+        }))
     }
 
     async fn get_shard_map(&self, _: Request<GetShardMapRequest>) -> Result<Response<ShardMap>, Status> {
@@ -228,11 +372,28 @@ impl Placement for PlacementService {
         req: Request<SetNodeStateRequest>,
     ) -> Result<Response<SetNodeStateResponse>, Status> {
         let r = req.into_inner();
-        if NodeState::try_from(r.state).is_err() {
+        let Ok(state) = NodeState::try_from(r.state) else {
             return Err(Status::invalid_argument(format!("unknown node state {}", r.state)));
+        };
+        let mut plan = Vec::new();
+        if state == NodeState::Draining {
+            self.ensure_leader().await?;
+            let st = self.shared.state.read().clone();
+            self.check_decommission(&st, r.node_id)?;
+            plan = self.drain_plan(&st, r.node_id);
+        }
+        if r.dry_run {
+            let st = self.shared.state.read().clone();
+            let node = st
+                .nodes
+                .get(&r.node_id)
+                .cloned()
+                .ok_or(CommandError::UnknownNode(r.node_id))
+                .map_err(command_status)?;
+            return Ok(Response::new(SetNodeStateResponse { node: Some(node), plan }));
         }
         match self.propose(Op::SetState(r)).await? {
-            Reply::Node(n) => Ok(Response::new(SetNodeStateResponse { node: Some(n) })),
+            Reply::Node(n) => Ok(Response::new(SetNodeStateResponse { node: Some(n), plan })),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
     }
@@ -264,6 +425,17 @@ impl Placement for PlacementService {
                 reachable: true,
             })
             .collect();
+        let failed = self.liveness.lock().failed.clone();
+        let view = crate::scheduler::checkers::View {
+            state: &st,
+            nodes: scheduler::node_views(self, &st),
+            failed: &failed,
+            settings: &self.settings,
+            leader_cooldown: &Default::default(),
+        };
+        let balance = crate::scheduler::checkers::measure(&view);
+        let blocked = self.scheduler.lock().blocked.len();
+        let leaderless = map.shards.iter().filter(|s| s.leader_node_id == 0).count() as u32;
         Ok(Response::new(ClusterStatusResponse {
             map_version: st.version,
             bootstrapped: st.bootstrapped,
@@ -273,7 +445,100 @@ impl Placement for PlacementService {
             under_replicated: under as u32,
             replication_factor: self.settings.replication_factor as u32,
             nodes: map.nodes,
+            leaderless,
+            operators: st.operators.values().cloned().collect(),
+            loads: balance
+                .per_node
+                .iter()
+                .map(|(&node_id, &(replicas, leaders))| NodeLoad { node_id, replicas, leaders })
+                .collect(),
+            ideal_replicas: balance.ideal_replicas,
+            ideal_leaders: balance.ideal_leaders,
+            balanced: balance.balanced && st.operators.is_empty() && under == 0 && blocked == 0,
         }))
+    }
+
+    async fn set_maintenance(
+        &self,
+        req: Request<SetMaintenanceRequest>,
+    ) -> Result<Response<SetMaintenanceResponse>, Status> {
+        match self.propose(Op::SetMaintenance(req.into_inner())).await? {
+            Reply::Node(n) => Ok(Response::new(SetMaintenanceResponse { node: Some(n) })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn list_operators(
+        &self,
+        _: Request<ListOperatorsRequest>,
+    ) -> Result<Response<ListOperatorsResponse>, Status> {
+        self.ensure_leader().await?;
+        let st = self.shared.state.read().clone();
+        let sched = self.scheduler.lock();
+        let operators = st
+            .operators
+            .values()
+            .map(|o| {
+                let mut o = o.clone();
+                // What the step waits for, for `operator list`.
+                if let Some(note) = sched.notes.get(&o.id) {
+                    if o.rollback_reason.is_empty() {
+                        o.rollback_reason = format!("(waiting: {note})");
+                    }
+                }
+                o
+            })
+            .collect();
+        let blocked = sched
+            .blocked
+            .iter()
+            .map(|(shard_id, reason)| BlockedShard { shard_id: *shard_id, reason: reason.clone() })
+            .collect();
+        Ok(Response::new(ListOperatorsResponse { operators, blocked }))
+    }
+
+    async fn cancel_operator(
+        &self,
+        req: Request<CancelOperatorRequest>,
+    ) -> Result<Response<CancelOperatorResponse>, Status> {
+        let id = req.into_inner().id;
+        let cmd = AdvanceOperator {
+            id,
+            step: OperatorStep::Rollback as i32,
+            unix_ms: scheduler::now_ms(),
+            rollback_reason: "cancelled by an operator".into(),
+            cancelled: true,
+            shard: None,
+        };
+        match self.propose(Op::AdvanceOperator(cmd)).await? {
+            Reply::Operator(o) => Ok(Response::new(CancelOperatorResponse { operator: Some(o) })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn move_replica(&self, req: Request<MoveReplicaRequest>) -> Result<Response<MoveReplicaResponse>, Status> {
+        let r = req.into_inner();
+        self.ensure_leader().await?;
+        let st = self.shared.state.read().clone();
+        // DOWN is observed, not stored: checked here, on the leader.
+        let views = scheduler::node_views(self, &st);
+        if views.get(&r.to_node).is_some_and(|v| v.node.state == NodeState::Down as i32) {
+            return Err(Status::failed_precondition(format!("node {} is DOWN: it cannot take a replica", r.to_node)));
+        }
+        let op = Operator {
+            shard_id: r.shard_id,
+            kind: OperatorKind::MoveReplica as i32,
+            from_node: r.from_node,
+            to_node: r.to_node,
+            created_unix_ms: scheduler::now_ms(),
+            reason: "operator request".into(),
+            ..Default::default()
+        };
+        crate::operator::validate(&st, &op).map_err(command_status)?;
+        match self.propose(Op::AddOperator(ringkv_proto::placement::AddOperator { operator: Some(op) })).await? {
+            Reply::Operator(o) => Ok(Response::new(MoveReplicaResponse { operator: Some(o) })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
     }
 }
 

@@ -8,8 +8,10 @@
 //! | `c/next_id` | next id to allocate (u64 BE): nodes, shards and replicas share one space |
 //! | `c/version` | shard-map version (u64 BE), bumped by every change |
 //! | `c/bootstrapped` | present once the initial shards exist |
+//! | `c/cluster_id` | the cluster's id (u64 BE), set once |
 //! | `n/` ++ node id (BE) | `Node` (stored state: UP, DRAINING or REMOVED) |
 //! | `s/` ++ shard id (BE) | `ShardInfo` |
+//! | `o/` ++ operator id (BE) | `Operator` in flight (deleted when it finishes) |
 //!
 //! Every replica keeps an in-memory mirror ([`ClusterState`]) for serving
 //! reads; apply updates both, and [`StateMachine::restore`] rebuilds the
@@ -22,7 +24,8 @@ use parking_lot::RwLock;
 use prost::Message;
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::placement::{
-    placement_command::Op, Node, NodeState, PlacementCommand, RegisterNodeRequest, SetNodeStateRequest, ShardInfo,
+    placement_command::Op, Node, NodeState, Operator, PlacementCommand, RegisterNodeRequest, SetMaintenanceRequest,
+    SetNodeStateRequest, ShardInfo,
 };
 use ringkv_raft::engine::{Cf, Engine};
 use ringkv_raft::{ApplyContext, Result, StateMachine};
@@ -33,8 +36,10 @@ use tokio::sync::watch;
 const NEXT_ID: &[u8] = b"c/next_id";
 const VERSION: &[u8] = b"c/version";
 const BOOTSTRAPPED: &[u8] = b"c/bootstrapped";
+const CLUSTER_ID: &[u8] = b"c/cluster_id";
 const NODE_PREFIX: &[u8] = b"n/";
 const SHARD_PREFIX: &[u8] = b"s/";
+const OPERATOR_PREFIX: &[u8] = b"o/";
 /// Ids below this are left for hand-made ids (tests, the placement members).
 const FIRST_ID: u64 = 1000;
 
@@ -44,6 +49,10 @@ fn node_key(id: u64) -> Vec<u8> {
 
 fn shard_key(id: u64) -> Vec<u8> {
     [SHARD_PREFIX, &id.to_be_bytes()].concat()
+}
+
+pub(crate) fn operator_key(id: u64) -> Vec<u8> {
+    [OPERATOR_PREFIX, &id.to_be_bytes()].concat()
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -73,6 +82,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<u64, Node>,
     /// Every shard by id, with its last reported descriptor and leader.
     pub shards: BTreeMap<u64, ShardInfo>,
+    /// The cluster's id (0 until the first registration sets it).
+    pub cluster_id: u64,
+    /// Operators in flight by id (at most one per shard).
+    pub operators: BTreeMap<u64, Operator>,
 }
 
 impl ClusterState {
@@ -82,9 +95,10 @@ impl ClusterState {
             version: counter(engine, VERSION, 0)?,
             bootstrapped: engine.get(Cf::Data, BOOTSTRAPPED)?.is_some(),
             next_id: counter(engine, NEXT_ID, FIRST_ID)?,
+            cluster_id: counter(engine, CLUSTER_ID, 0)?,
             ..Default::default()
         };
-        for (prefix, is_node) in [(NODE_PREFIX, true), (SHARD_PREFIX, false)] {
+        for prefix in [NODE_PREFIX, SHARD_PREFIX, OPERATOR_PREFIX] {
             let hi = [prefix, &[0xff; 9][..]].concat();
             let mut it = engine.iter_range(Cf::Data, prefix, &hi);
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -95,10 +109,12 @@ impl ClusterState {
                     return Err(corrupt(&"the id is not 8 bytes"));
                 }
                 let id = be_u64(&k[prefix.len()..]);
-                if is_node {
+                if prefix == NODE_PREFIX {
                     st.nodes.insert(id, Node::decode(v).map_err(|e| corrupt(&e))?);
-                } else {
+                } else if prefix == SHARD_PREFIX {
                     st.shards.insert(id, ShardInfo::decode(v).map_err(|e| corrupt(&e))?);
+                } else {
+                    st.operators.insert(id, Operator::decode(v).map_err(|e| corrupt(&e))?);
                 }
                 it.next();
             }
@@ -111,6 +127,19 @@ impl ClusterState {
     pub fn descriptors(&self) -> Vec<ShardDescriptor> {
         self.shards.values().filter_map(|s| s.shard.clone()).collect()
     }
+
+    /// The operator in flight on `shard_id`, if any.
+    pub fn operator_on(&self, shard_id: u64) -> Option<&Operator> {
+        self.operators.values().find(|o| o.shard_id == shard_id)
+    }
+
+    /// How many replicas `node_id` holds, by the shard descriptors.
+    pub fn replicas_on(&self, node_id: u64) -> usize {
+        self.shards
+            .values()
+            .filter(|s| s.shard.as_ref().is_some_and(|d| d.replicas.iter().any(|r| r.node_id == node_id)))
+            .count()
+    }
 }
 
 /// Why a placement command was refused (every replica refuses it the same way).
@@ -122,6 +151,28 @@ pub enum CommandError {
     /// The command names a node in state REMOVED.
     #[error("node {0} was removed; a removed node cannot come back")]
     NodeRemoved(u64),
+    /// A registration claims a node id that belongs to another data directory.
+    #[error(
+        "node id {0} belongs to another storenode (another data directory); start this one without a node id to get a new one"
+    )]
+    IdentityMismatch(u64),
+    /// A registration from a data directory made by another cluster.
+    #[error("this data directory belongs to cluster {theirs}, not to this cluster ({ours})")]
+    WrongCluster {
+        /// The cluster id kept in the node's data directory.
+        theirs: u64,
+        /// This placement service's cluster id.
+        ours: u64,
+    },
+    /// The command names a shard placement does not know.
+    #[error("shard {0} does not exist")]
+    UnknownShard(u64),
+    /// The command names an operator that is not in flight.
+    #[error("operator {0} is not in flight")]
+    UnknownOperator(u64),
+    /// The command conflicts with the cluster's current state.
+    #[error("{0}")]
+    Conflict(String),
     /// The command is malformed or asks for something not allowed.
     #[error("{0}")]
     Invalid(String),
@@ -138,6 +189,12 @@ pub enum Reply {
     Bootstrapped(bool),
     /// Shard updates: how many shards changed.
     Updated(usize),
+    /// The cluster id (set by this command or before).
+    ClusterId(u64),
+    /// An operator as it now is (created or advanced).
+    Operator(Operator),
+    /// An operator finished.
+    Finished,
 }
 
 /// What applying a placement command answers.
@@ -170,7 +227,7 @@ impl PlacementStateMachine {
         PlacementStateMachine { shared }
     }
 
-    fn alloc(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) -> u64 {
+    pub(crate) fn alloc(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) -> u64 {
         let id = st.next_id.max(FIRST_ID);
         st.next_id = id + 1;
         ctx.put(Cf::Data, NEXT_ID, &st.next_id.to_be_bytes());
@@ -196,20 +253,25 @@ impl PlacementStateMachine {
         if r.address.is_empty() {
             return Err(CommandError::Invalid("a node needs an address".into()));
         }
-        let id = match r.node_id {
-            0 => match st.nodes.values().find(|n| n.address == r.address && n.state != NodeState::Removed as i32) {
-                // The same address registering again without its id (e.g. it
-                // lost its id file): it is the same node.
-                Some(n) => n.id,
-                None => Self::alloc(ctx, st),
-            },
-            id => id,
-        };
-        let state = match st.nodes.get(&id) {
-            Some(n) if n.state == NodeState::Removed as i32 => return Err(CommandError::NodeRemoved(id)),
-            Some(n) => n.state,
-            None => NodeState::Up as i32,
-        };
+        if r.cluster_id != 0 && st.cluster_id != 0 && r.cluster_id != st.cluster_id {
+            return Err(CommandError::WrongCluster { theirs: r.cluster_id, ours: st.cluster_id });
+        }
+        // Checked before an id is allocated: a refused command writes nothing.
+        let known = st.nodes.get(&r.node_id).filter(|_| r.node_id != 0).cloned();
+        if let Some(n) = &known {
+            if n.state == NodeState::Removed as i32 {
+                return Err(CommandError::NodeRemoved(n.id));
+            }
+            // A node registered before identities existed has none: the first
+            // identity to claim it keeps it.
+            if !n.instance.is_empty() && n.instance != r.instance {
+                return Err(CommandError::IdentityMismatch(n.id));
+            }
+        }
+        // A node without an id is always a new node: a data directory keeps
+        // its id, so an address seen before proves nothing about identity.
+        let id = if r.node_id == 0 { Self::alloc(ctx, st) } else { r.node_id };
+        let (state, maintenance) = known.as_ref().map_or((NodeState::Up as i32, false), |n| (n.state, n.maintenance));
         if id >= st.next_id {
             st.next_id = id + 1;
             ctx.put(Cf::Data, NEXT_ID, &st.next_id.to_be_bytes());
@@ -222,6 +284,8 @@ impl PlacementStateMachine {
             capacity: r.capacity.max(1),
             state,
             last_heartbeat_ago_ms: 0,
+            maintenance,
+            instance: r.instance,
         };
         if st.nodes.get(&id) != Some(&node) {
             Self::put_node(ctx, st, node);
@@ -244,10 +308,54 @@ impl PlacementStateMachine {
         if r.state == NodeState::Down as i32 {
             return Err(CommandError::Invalid("DOWN is observed, not set".into()));
         }
+        if r.state == NodeState::Removed as i32 {
+            let held = st.replicas_on(r.node_id);
+            let moving = st.operators.values().any(|o| o.from_node == r.node_id || o.to_node == r.node_id);
+            if held > 0 || moving {
+                return Err(CommandError::Conflict(format!(
+                    "node {} still holds {held} replicas{}: decommission it (DRAINING) and it becomes REMOVED once empty",
+                    r.node_id,
+                    if moving { " and moves in flight" } else { "" }
+                )));
+            }
+        }
+        if node.state == r.state {
+            return Ok(Reply::Node(node));
+        }
         node.state = r.state;
         Self::put_node(ctx, st, node.clone());
         Self::bump(ctx, st);
         Ok(Reply::Node(node))
+    }
+
+    fn set_maintenance(
+        ctx: &mut ApplyContext<'_, PlacementGroup>,
+        st: &mut ClusterState,
+        r: SetMaintenanceRequest,
+    ) -> CommandResult {
+        let Some(mut node) = st.nodes.get(&r.node_id).cloned() else {
+            return Err(CommandError::UnknownNode(r.node_id));
+        };
+        if node.state == NodeState::Removed as i32 {
+            return Err(CommandError::NodeRemoved(r.node_id));
+        }
+        if node.maintenance != r.on {
+            node.maintenance = r.on;
+            Self::put_node(ctx, st, node.clone());
+            Self::bump(ctx, st);
+        }
+        Ok(Reply::Node(node))
+    }
+
+    fn set_cluster_id(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState, id: u64) -> CommandResult {
+        if st.cluster_id == 0 {
+            if id == 0 {
+                return Err(CommandError::Invalid("a cluster id is non-zero".into()));
+            }
+            st.cluster_id = id;
+            ctx.put(Cf::Data, CLUSTER_ID, &id.to_be_bytes());
+        }
+        Ok(Reply::ClusterId(st.cluster_id))
     }
 
     fn bootstrap(
@@ -285,26 +393,33 @@ impl PlacementStateMachine {
         st: &mut ClusterState,
         updates: Vec<ShardInfo>,
     ) -> CommandResult {
-        let mut changed = 0;
-        for u in updates {
-            let Some(new) = u.shard.as_ref() else { continue };
-            let Some(cur) = st.shards.get(&new.id) else { continue };
-            let cur_epoch = cur.shard.as_ref().and_then(|d| d.epoch).unwrap_or_default();
-            let new_epoch = new.epoch.unwrap_or_default();
-            let older = (new_epoch.version, new_epoch.conf_ver) < (cur_epoch.version, cur_epoch.conf_ver);
-            if older || *cur == u {
-                continue;
-            }
-            Self::put_shard(ctx, st, u);
-            changed += 1;
-        }
+        let changed = updates.into_iter().filter(|u| Self::update_shard(ctx, st, u.clone())).count();
         if changed > 0 {
             Self::bump(ctx, st);
         }
         Ok(Reply::Updated(changed))
     }
 
-    fn bump(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) {
+    /// Stores `u` unless its shard is unknown or its epoch older than the
+    /// stored one; whether it changed anything (the caller bumps the version).
+    pub(crate) fn update_shard(
+        ctx: &mut ApplyContext<'_, PlacementGroup>,
+        st: &mut ClusterState,
+        u: ShardInfo,
+    ) -> bool {
+        let Some(new) = u.shard.as_ref() else { return false };
+        let Some(cur) = st.shards.get(&new.id) else { return false };
+        let cur_epoch = cur.shard.as_ref().and_then(|d| d.epoch).unwrap_or_default();
+        let new_epoch = new.epoch.unwrap_or_default();
+        let older = (new_epoch.version, new_epoch.conf_ver) < (cur_epoch.version, cur_epoch.conf_ver);
+        if older || *cur == u {
+            return false;
+        }
+        Self::put_shard(ctx, st, u);
+        true
+    }
+
+    pub(crate) fn bump(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) {
         st.version += 1;
         ctx.put(Cf::Data, VERSION, &st.version.to_be_bytes());
     }
@@ -324,6 +439,11 @@ impl StateMachine for PlacementStateMachine {
             Some(Op::SetState(r)) => Self::set_state(ctx, &mut st, r),
             Some(Op::Bootstrap(b)) => Self::bootstrap(ctx, &mut st, b.shards),
             Some(Op::UpdateShards(u)) => Self::update_shards(ctx, &mut st, u.shards),
+            Some(Op::SetClusterId(c)) => Self::set_cluster_id(ctx, &mut st, c.cluster_id),
+            Some(Op::SetMaintenance(r)) => Self::set_maintenance(ctx, &mut st, r),
+            Some(Op::AddOperator(a)) => Self::add_operator(ctx, &mut st, a.operator.unwrap_or_default()),
+            Some(Op::AdvanceOperator(a)) => Self::advance_operator(ctx, &mut st, a),
+            Some(Op::FinishOperator(f)) => Self::finish_operator(ctx, &mut st, f),
             None => Err(CommandError::Invalid("empty command".into())),
         };
         let version = st.version;
@@ -411,7 +531,7 @@ mod tests {
     }
 
     fn set_state(node_id: u64, state: NodeState) -> Option<Op> {
-        Some(Op::SetState(SetNodeStateRequest { node_id, state: state as i32 }))
+        Some(Op::SetState(SetNodeStateRequest { node_id, state: state as i32, dry_run: false }))
     }
 
     /// Shards over nodes 1..=3 whose replica ids are left to allocate, but
@@ -466,15 +586,56 @@ mod tests {
         assert_eq!(*f.shared.version.borrow(), 2, "watchers see the new version");
     }
 
+    fn register_as(node_id: u64, address: &str, instance: &str, cluster_id: u64) -> Option<Op> {
+        let r = RegisterNodeRequest {
+            node_id,
+            address: address.into(),
+            instance: instance.into(),
+            cluster_id,
+            ..Default::default()
+        };
+        Some(Op::Register(r))
+    }
+
     #[test]
-    fn the_same_address_registering_again_without_its_id_is_the_same_node_and_keeps_its_state() {
+    fn an_address_registering_again_without_an_id_is_a_new_node_not_the_old_one() {
+        // The defect: a newcomer at a dead node's address, started without
+        // --node-id, was taken for that node and handed its replicas.
         let mut f = Fixture::new();
-        let id = registered(f.apply(register(0, "a:1")));
+        let old = registered(f.apply(register_as(0, "a:1", "i1", 0)));
+        let new = registered(f.apply(register_as(0, "a:1", "i2", 0)));
+        assert!(new > old);
+        assert_eq!(f.state().nodes[&old].instance, "i1", "the old node is left as it was");
+    }
+
+    #[test]
+    fn a_registration_claiming_a_known_id_from_another_identity_is_refused_and_changes_nothing() {
+        let mut f = Fixture::new();
+        let id = registered(f.apply(register_as(0, "a:1", "i1", 0)));
         f.apply(set_state(id, NodeState::Draining)).unwrap();
         let before = f.state();
-        assert_eq!(registered(f.apply(register(0, "a:1"))), id);
-        assert_eq!(f.state(), before, "nothing changed, so no new version either");
+        assert_eq!(f.apply(register_as(id, "b:1", "other", 0)).unwrap_err(), CommandError::IdentityMismatch(id));
+        assert_eq!(f.state(), before);
+        // The node itself, restarted at a new address, keeps its id and state.
+        assert_eq!(registered(f.apply(register_as(id, "c:1", "i1", 0))), id);
+        assert_eq!(f.state().nodes[&id].address, "c:1");
         assert_eq!(f.state().nodes[&id].state, NodeState::Draining as i32);
+    }
+
+    #[test]
+    fn a_node_from_another_cluster_is_refused_and_the_cluster_id_is_set_once() {
+        let mut f = Fixture::new();
+        let set = |id| Some(Op::SetClusterId(ringkv_proto::placement::SetClusterId { cluster_id: id }));
+        assert!(matches!(f.apply(set(42)), Ok(Reply::ClusterId(42))));
+        assert!(matches!(f.apply(set(43)), Ok(Reply::ClusterId(42))), "a second leader's candidate is ignored");
+        assert_eq!(ClusterState::load(&f.engine).unwrap().cluster_id, 42);
+        let before = f.state();
+        assert_eq!(
+            f.apply(register_as(0, "a:1", "i1", 7)).unwrap_err(),
+            CommandError::WrongCluster { theirs: 7, ours: 42 }
+        );
+        assert_eq!(f.state(), before, "no id allocated for a refused node");
+        assert!(f.apply(register_as(0, "a:1", "i1", 42)).is_ok());
     }
 
     #[test]

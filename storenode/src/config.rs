@@ -15,7 +15,9 @@ pub use ringkv_common::limits::Limits;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorenodeConfig {
-    /// This node's id: non-zero, unique in the cluster.
+    /// This node's id, unique in the cluster. 0 (the default): placement
+    /// allocates one at the first start, kept in the data dir's
+    /// `identity.toml`; a static cluster (no placement) needs one.
     pub node_id: u64,
     /// gRPC address (ShardKv, Admin, Raft transport).
     pub listen_addr: SocketAddr,
@@ -56,10 +58,10 @@ pub struct Peer {
 impl Default for StorenodeConfig {
     fn default() -> Self {
         StorenodeConfig {
-            node_id: 1,
+            node_id: 0,
             listen_addr: ([127, 0, 0, 1], 20160).into(),
             http_addr: Some(([127, 0, 0, 1], 20180).into()),
-            data_dir: PathBuf::from("ringkv-data/storenode-1"),
+            data_dir: PathBuf::from("ringkv-data/storenode"),
             peers: Vec::new(),
             placement: Vec::new(),
             advertise_addr: None,
@@ -112,8 +114,8 @@ impl StorenodeConfig {
     /// Checks ids, intervals, limits and the Raft settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.node_id == 0 {
-            return bad("node_id must be non-zero");
+        if self.node_id == 0 && self.placement.is_empty() {
+            return bad("node_id must be non-zero without placement (with placement, 0 lets it allocate one)");
         }
         if self.heartbeat_ms == 0 || self.capacity == 0 {
             return bad("heartbeat_ms and capacity must be positive");

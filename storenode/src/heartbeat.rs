@@ -1,7 +1,8 @@
 //! The storenode's side of placement: register at start, then heartbeat
 //! every interval with a report of every local replica (leaders include their
 //! descriptor, so placement learns membership and leader changes). The answer
-//! carries every storenode's address and the replicas this node should create.
+//! carries every storenode's address, the replicas this node should create
+//! and the stale ones it should delete (moved away while it was down).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +91,7 @@ impl Heartbeat {
 
     async fn beat(&self) -> Result<(), String> {
         let status = self.loop_handle.status(Vec::new()).await.map_err(|e| e.to_string())?;
-        let replicas: Vec<ReplicaReport> = status.into_iter().map(|s| report(status_to_proto(s))).collect();
+        let replicas: Vec<ReplicaReport> = status.iter().cloned().map(|s| report(status_to_proto(s))).collect();
         let req = NodeHeartbeatRequest { node_id: self.node_id, replicas };
         let resp = self
             .client
@@ -103,6 +104,18 @@ impl Heartbeat {
         for n in resp.nodes {
             if n.id != self.node_id && !n.address.is_empty() {
                 self.address_book.set(n.id, n.address);
+            }
+        }
+        for stale in resp.remove {
+            // Only the incarnation placement named: a newer one is left alone.
+            let local = status.iter().find(|s| s.group_id == stale.shard_id).map(|s| s.replica_id);
+            if local != Some(stale.replica_id) {
+                continue;
+            }
+            let group_id = stale.shard_id;
+            match self.loop_handle.call(|cb| LoopRequest::RemoveReplica { group_id, cb }).await {
+                Ok(()) => tracing::info!(shard = group_id, replica = stale.replica_id, "removed a stale replica"),
+                Err(e) => tracing::warn!(shard = group_id, "removing a stale replica: {e}"),
             }
         }
         for a in resp.create {

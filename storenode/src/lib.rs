@@ -7,6 +7,7 @@
 //! - [`keys`]: the layout of shard data and de-dup records.
 //! - [`shard`]: the key-value state machine of one shard and its descriptor.
 //! - [`service`]: gRPC handlers; [`server`] wires everything into a process.
+//! - [`identity`]: the node id and cluster id kept in the data dir.
 //! - [`heartbeat`]: registration and reports to placement.
 //!
 //! What routers and other processes share with it (connections, the placement
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod error;
 pub mod heartbeat;
+pub mod identity;
 pub mod keys;
 pub mod metrics;
 pub mod server;

@@ -14,6 +14,7 @@ use ringkv_proto::raft::admin_server::AdminServer;
 use crate::config::StorenodeConfig;
 use crate::error::Error;
 use crate::heartbeat::Heartbeat;
+use crate::identity;
 use crate::metrics::Metrics;
 use crate::service::admin::AdminService;
 use crate::service::kv::KvService;
@@ -47,14 +48,37 @@ impl Storenode {
     /// Starts a storenode on the current tokio runtime. Ports of 0 pick free ones.
     pub async fn start(cfg: StorenodeConfig) -> Result<StorenodeHandle, StartError> {
         cfg.validate()?;
-        let node_id = cfg.node_id;
-        let metrics = Arc::new(Metrics::new(node_id));
         let book = Arc::new(AddressBook::default());
         for p in &cfg.peers {
             book.set(p.node_id, p.address.clone());
         }
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
         ringkv_common::net::set_source_from(grpc_addr);
+        let advertise = cfg.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
+        let placement = (!cfg.placement.is_empty()).then(|| Arc::new(PlacementClient::new(cfg.placement.clone())));
+        let mut register = RegisterNodeRequest {
+            node_id: cfg.node_id,
+            address: advertise,
+            http_address: cfg.http_addr.filter(|a| a.port() != 0).map(|a| a.to_string()).unwrap_or_default(),
+            zone: cfg.zone.clone(),
+            capacity: cfg.capacity,
+            ..Default::default()
+        };
+        // Who this node is, before any data is opened under an id.
+        let node_id = match &placement {
+            Some(client) => {
+                let retry = Duration::from_millis(cfg.heartbeat_ms);
+                let id = identity::establish(&cfg.data_dir, cfg.node_id, client, register.clone(), retry)
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))?;
+                register.node_id = id.node_id;
+                register.cluster_id = id.cluster_id;
+                register.instance = id.instance;
+                id.node_id
+            }
+            None => cfg.node_id,
+        };
+        let metrics = Arc::new(Metrics::new(node_id));
         let open_err = |e: ringkv_raft::Error| StartError::open(cfg.data_dir.clone(), Error::from(e));
         let raft = RaftNode::open(
             node_id,
@@ -81,18 +105,12 @@ impl Storenode {
         let running = raft.running_flag();
         let ready = move || running.load(std::sync::atomic::Ordering::SeqCst);
         let http_addr = serving.http(cfg.http_addr, move || m.render(), ready, HttpRouter::new()).await?;
-        if !cfg.placement.is_empty() {
-            let advertise = cfg.advertise_addr.clone().unwrap_or_else(|| grpc_addr.to_string());
+        if let Some(client) = placement {
+            register.http_address = http_addr.map(|a| a.to_string()).unwrap_or_default();
             let hb = Heartbeat {
                 node_id,
-                register: RegisterNodeRequest {
-                    node_id,
-                    address: advertise,
-                    http_address: http_addr.map(|a| a.to_string()).unwrap_or_default(),
-                    zone: cfg.zone.clone(),
-                    capacity: cfg.capacity,
-                },
-                client: Arc::new(PlacementClient::new(cfg.placement.clone())),
+                register,
+                client,
                 loop_handle: loop_handle.clone(),
                 address_book: book.clone(),
                 interval: Duration::from_millis(cfg.heartbeat_ms),

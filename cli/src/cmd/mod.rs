@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod data;
+pub mod decommission;
 pub mod ops;
 pub mod placement;
 pub mod playground;
@@ -45,6 +46,9 @@ pub enum Command {
     /// The cluster as a whole.
     #[command(subcommand)]
     Cluster(ops::ClusterCmd),
+    /// Operators: the replica moves placement is making.
+    #[command(subcommand)]
+    Operator(ops::OperatorCmd),
     /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
@@ -80,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(c) => ops::node(c).await,
         Command::Shard(c) => ops::shard(c).await,
         Command::Cluster(c) => ops::cluster(c).await,
+        Command::Operator(c) => ops::operator(c).await,
         Command::Playground(a) => playground::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Chaos(a) => chaos::run_cmd(a).await,

@@ -1,13 +1,15 @@
-//! Operator commands, answered by the placement service:
-//! `ringkv node list`, `ringkv shard list|show`, `ringkv cluster status`.
+//! Operator commands, answered by the placement service: `ringkv node
+//! list|decommission|recommission|maintenance|remove`, `ringkv shard
+//! list|show|move`, `ringkv operator list|cancel`, `ringkv cluster status`.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use ringkv_common::placement_client::PlacementClient;
+use ringkv_placement::operator::{kind_name, step_name};
 use ringkv_proto::placement::{
-    ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, Node, NodeState, SetNodeStateRequest, ShardInfo,
-    ShardMap,
+    CancelOperatorRequest, ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, ListOperatorsRequest,
+    MoveReplicaRequest, Node, NodeState, Operator, SetMaintenanceRequest, SetNodeStateRequest, ShardInfo, ShardMap,
 };
 use serde::Serialize;
 
@@ -25,14 +27,14 @@ pub struct PlacementConn {
 }
 
 impl PlacementConn {
-    fn client(&self) -> anyhow::Result<PlacementClient> {
+    pub fn client(&self) -> anyhow::Result<PlacementClient> {
         for p in &self.placement {
             p.parse::<std::net::SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
         }
         Ok(PlacementClient::new(self.placement.clone()))
     }
 
-    fn timeout(&self) -> Duration {
+    pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.max(1))
     }
 }
@@ -41,20 +43,58 @@ impl PlacementConn {
 pub enum NodeCmd {
     /// Every storenode with its state and address.
     List(PlacementConn),
-    /// Mark a storenode draining (its replicas are to move elsewhere).
-    Drain {
+    /// Move every replica and leadership off a storenode; once it holds none
+    /// it becomes REMOVED by itself. Refused when fewer than the replication
+    /// factor of UP nodes would remain.
+    #[command(visible_alias = "drain")]
+    Decommission {
+        id: u64,
+        /// Show what would move, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until the node is REMOVED, with a progress bar; names the
+        /// stuck shards when nothing moves for --stall-secs.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 30)]
+        stall_secs: u64,
+        /// Give up waiting after this many seconds (the decommission goes on).
+        #[arg(long, default_value_t = 3600)]
+        wait_timeout_secs: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
+    /// Stop decommissioning a storenode: it is UP again and takes replicas.
+    #[command(visible_alias = "undrain")]
+    Recommission {
         id: u64,
         #[command(flatten)]
         conn: PlacementConn,
     },
-    /// Mark a draining storenode up again.
-    Undrain {
+    /// Planned downtime: `on` moves every leadership off the node (replicas
+    /// stay) and reports its absence as planned; repair waits longer.
+    Maintenance {
         id: u64,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
         #[command(flatten)]
         conn: PlacementConn,
     },
-    /// Remove a storenode for good (its id is never reused).
+    /// Remove a storenode that holds no replica for good (its id is never reused).
     Remove {
+        id: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum OperatorCmd {
+    /// Operators in flight: shard, kind, from → to, step, age; then the
+    /// shards that need a move nothing can make now.
+    List(PlacementConn),
+    /// Roll an operator back (only before its promote step).
+    Cancel {
         id: u64,
         #[command(flatten)]
         conn: PlacementConn,
@@ -68,6 +108,16 @@ pub enum ShardCmd {
     /// One shard in detail.
     Show {
         id: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
+    /// Move a shard's replica from one storenode to another (an operator).
+    Move {
+        id: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
         #[command(flatten)]
         conn: PlacementConn,
     },
@@ -87,6 +137,8 @@ fn state_name(s: i32) -> String {
 struct NodeRow {
     id: u64,
     state: String,
+    /// Planned downtime: a DOWN node in maintenance is expected to be down.
+    maintenance: bool,
     address: String,
     http_address: String,
     zone: String,
@@ -98,12 +150,76 @@ fn node_row(n: &Node) -> NodeRow {
     NodeRow {
         id: n.id,
         state: state_name(n.state),
+        maintenance: n.maintenance,
         address: n.address.clone(),
         http_address: n.http_address.clone(),
         zone: n.zone.clone(),
         capacity: n.capacity,
         last_heartbeat_ago_ms: n.last_heartbeat_ago_ms,
     }
+}
+
+/// "down (planned)" for a node in maintenance.
+fn shown_state(n: &NodeRow) -> String {
+    match (n.maintenance, n.state.as_str()) {
+        (true, "down") => "down (planned)".into(),
+        (true, s) => format!("{s} (maintenance)"),
+        (false, s) => s.to_string(),
+    }
+}
+
+#[derive(Serialize)]
+pub struct OperatorRow {
+    pub id: u64,
+    pub shard: u64,
+    pub kind: String,
+    pub from_node: u64,
+    pub to_node: u64,
+    pub step: String,
+    pub age_secs: u64,
+    pub step_age_secs: u64,
+    pub reason: String,
+    pub note: String,
+}
+
+pub fn operator_row(o: &Operator) -> OperatorRow {
+    let now = ringkv_placement::scheduler::now_ms();
+    OperatorRow {
+        id: o.id,
+        shard: o.shard_id,
+        kind: kind_name(o.kind).into(),
+        from_node: o.from_node,
+        to_node: o.to_node,
+        step: step_name(o.step).into(),
+        age_secs: now.saturating_sub(o.created_unix_ms) / 1000,
+        step_age_secs: now.saturating_sub(o.step_unix_ms) / 1000,
+        reason: o.reason.clone(),
+        note: o.rollback_reason.clone(),
+    }
+}
+
+fn operator_table(rows: &[OperatorRow]) -> Vec<Vec<String>> {
+    let node = |n: u64| if n == 0 { "-".to_string() } else { n.to_string() };
+    rows.iter()
+        .map(|o| {
+            vec![
+                o.id.to_string(),
+                o.shard.to_string(),
+                o.kind.clone(),
+                format!("{} → {}", node(o.from_node), node(o.to_node)),
+                format!("{} ({}s)", o.step, o.step_age_secs),
+                format!("{}s", o.age_secs),
+                o.reason.clone(),
+                o.note.clone(),
+            ]
+        })
+        .collect()
+}
+
+const OPERATOR_HEADER: &[&str] = &["id", "shard", "kind", "from → to", "step", "age", "reason", "note"];
+
+fn placement_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("placement: {}", s.message())
 }
 
 #[derive(Serialize)]
@@ -137,52 +253,143 @@ fn shard_row(s: &ShardInfo) -> ShardRow {
     }
 }
 
-async fn shard_map(c: &PlacementConn) -> anyhow::Result<ShardMap> {
+pub async fn shard_map(c: &PlacementConn) -> anyhow::Result<ShardMap> {
     c.client()?
         .call(c.timeout(), |mut p| async move { p.get_shard_map(GetShardMapRequest {}).await })
         .await
         .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))
 }
 
-async fn set_state(id: u64, state: NodeState, c: PlacementConn) -> anyhow::Result<()> {
+async fn set_state(id: u64, state: NodeState, dry_run: bool, c: &PlacementConn) -> anyhow::Result<()> {
     let r = c
         .client()?
         .call(c.timeout(), |mut p| async move {
-            p.set_node_state(SetNodeStateRequest { node_id: id, state: state as i32 }).await
+            p.set_node_state(SetNodeStateRequest { node_id: id, state: state as i32, dry_run }).await
         })
         .await
-        .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))?;
+        .map_err(placement_err)?;
+    if state == NodeState::Draining {
+        let verb = if dry_run { "would move" } else { "moves" };
+        let node = |n: u64| if n == 0 { "nowhere".to_string() } else { format!("node {n}") };
+        if c.output == Format::Table {
+            println!("decommissioning node {id} {verb} {} replicas:", r.plan.len());
+            for m in &r.plan {
+                println!("  shard {}: node {} → {} ({})", m.shard_id, m.from_node, node(m.to_node), m.reason);
+            }
+            if dry_run {
+                println!("dry run: nothing changed");
+                return Ok(());
+            }
+        } else if dry_run {
+            let plan: Vec<serde_json::Value> = r
+                .plan
+                .iter()
+                .map(|m| serde_json::json!({"shard": m.shard_id, "from_node": m.from_node, "to_node": m.to_node, "reason": m.reason}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            return Ok(());
+        }
+    }
     let row = node_row(&r.node.unwrap_or_default());
-    let table = vec![vec![row.id.to_string(), row.state.clone(), row.address.clone()]];
+    let table = vec![vec![row.id.to_string(), shown_state(&row), row.address.clone()]];
     print(c.output, &row, &["id", "state", "address"], table)
 }
 
 pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
     let c = match cmd {
         NodeCmd::List(c) => c,
-        NodeCmd::Drain { id, conn } => return set_state(id, NodeState::Draining, conn).await,
-        NodeCmd::Undrain { id, conn } => return set_state(id, NodeState::Up, conn).await,
-        NodeCmd::Remove { id, conn } => return set_state(id, NodeState::Removed, conn).await,
+        NodeCmd::Decommission { id, dry_run, wait, stall_secs, wait_timeout_secs, conn } => {
+            set_state(id, NodeState::Draining, dry_run, &conn).await?;
+            if wait && !dry_run {
+                let limits = (Duration::from_secs(stall_secs.max(1)), Duration::from_secs(wait_timeout_secs));
+                return super::decommission::wait(id, &conn, limits.0, limits.1).await;
+            }
+            return Ok(());
+        }
+        NodeCmd::Recommission { id, conn } => return set_state(id, NodeState::Up, false, &conn).await,
+        NodeCmd::Remove { id, conn } => return set_state(id, NodeState::Removed, false, &conn).await,
+        NodeCmd::Maintenance { id, mode, conn } => {
+            let on = mode == "on";
+            let r = conn
+                .client()?
+                .call(conn.timeout(), |mut p| async move {
+                    p.set_maintenance(SetMaintenanceRequest { node_id: id, on }).await
+                })
+                .await
+                .map_err(placement_err)?;
+            let row = node_row(&r.node.unwrap_or_default());
+            let table = vec![vec![row.id.to_string(), shown_state(&row), row.maintenance.to_string()]];
+            return print(conn.output, &row, &["id", "state", "maintenance"], table);
+        }
     };
     let r = c
         .client()?
         .call(c.timeout(), |mut p| async move { p.list_nodes(ListNodesRequest {}).await })
         .await
-        .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))?;
+        .map_err(placement_err)?;
+    let map = shard_map(&c).await?;
     let rows: Vec<NodeRow> = r.nodes.iter().map(node_row).collect();
+    let count = |id: u64| {
+        let replicas = map
+            .shards
+            .iter()
+            .filter(|s| s.shard.as_ref().is_some_and(|d| d.replicas.iter().any(|r| r.node_id == id)))
+            .count();
+        let leaders = map.shards.iter().filter(|s| s.leader_node_id == id).count();
+        (replicas, leaders)
+    };
     let table = rows
         .iter()
         .map(|n| {
+            let (replicas, leaders) = count(n.id);
             vec![
                 n.id.to_string(),
-                n.state.clone(),
+                shown_state(n),
                 n.address.clone(),
                 n.zone.clone(),
+                replicas.to_string(),
+                leaders.to_string(),
                 format!("{}ms", n.last_heartbeat_ago_ms),
             ]
         })
         .collect();
-    print(c.output, &rows, &["id", "state", "address", "zone", "last heartbeat"], table)
+    print(c.output, &rows, &["id", "state", "address", "zone", "replicas", "leaders", "last heartbeat"], table)
+}
+
+pub async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
+    match cmd {
+        OperatorCmd::List(c) => {
+            let r = c
+                .client()?
+                .call(c.timeout(), |mut p| async move { p.list_operators(ListOperatorsRequest {}).await })
+                .await
+                .map_err(placement_err)?;
+            let rows: Vec<OperatorRow> = r.operators.iter().map(operator_row).collect();
+            if c.output == Format::Json {
+                let blocked: Vec<serde_json::Value> =
+                    r.blocked.iter().map(|b| serde_json::json!({"shard": b.shard_id, "reason": b.reason})).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"operators": rows, "blocked": blocked}))?
+                );
+                return Ok(());
+            }
+            print(c.output, &rows, OPERATOR_HEADER, operator_table(&rows))?;
+            for b in &r.blocked {
+                println!("shard {} cannot move now: {}", b.shard_id, b.reason);
+            }
+            Ok(())
+        }
+        OperatorCmd::Cancel { id, conn } => {
+            let r = conn
+                .client()?
+                .call(conn.timeout(), |mut p| async move { p.cancel_operator(CancelOperatorRequest { id }).await })
+                .await
+                .map_err(placement_err)?;
+            let rows = vec![operator_row(&r.operator.unwrap_or_default())];
+            print(conn.output, &rows[0], OPERATOR_HEADER, operator_table(&rows))
+        }
+    }
 }
 
 pub async fn shard(cmd: ShardCmd) -> anyhow::Result<()> {
@@ -222,7 +429,24 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<()> {
             ];
             print(conn.output, &row, &["field", "value"], table)
         }
+        ShardCmd::Move { id, from, to, conn } => {
+            let req = MoveReplicaRequest { shard_id: id, from_node: from, to_node: to };
+            let r = conn
+                .client()?
+                .call(conn.timeout(), |mut p| async move { p.move_replica(req).await })
+                .await
+                .map_err(placement_err)?;
+            let rows = vec![operator_row(&r.operator.unwrap_or_default())];
+            print(conn.output, &rows[0], OPERATOR_HEADER, operator_table(&rows))
+        }
     }
+}
+
+#[derive(Serialize)]
+struct LoadRow {
+    node: u64,
+    replicas: u32,
+    leaders: u32,
 }
 
 #[derive(Serialize)]
@@ -230,12 +454,18 @@ struct Status {
     map_version: u64,
     bootstrapped: bool,
     placement_leader: u64,
-    nodes_up: usize,
+    nodes_by_state: std::collections::BTreeMap<String, usize>,
     nodes_total: usize,
     shards: u32,
     shards_with_leader: u32,
+    leaderless: u32,
     under_replicated: u32,
     replication_factor: u32,
+    operators: Vec<OperatorRow>,
+    loads: Vec<LoadRow>,
+    ideal_replicas: f64,
+    ideal_leaders: f64,
+    balanced: bool,
     nodes: Vec<NodeRow>,
 }
 
@@ -245,28 +475,66 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
         .client()?
         .call(c.timeout(), |mut p| async move { p.cluster_status(ClusterStatusRequest {}).await })
         .await
-        .map_err(|s| anyhow::anyhow!("placement: {}", s.message()))?;
+        .map_err(placement_err)?;
+    let nodes: Vec<NodeRow> = r.nodes.iter().map(node_row).collect();
+    let mut by_state = std::collections::BTreeMap::new();
+    for n in &nodes {
+        *by_state.entry(shown_state(n)).or_insert(0) += 1;
+    }
     let st = Status {
         map_version: r.map_version,
         bootstrapped: r.bootstrapped,
         placement_leader: r.placement.iter().find(|m| m.is_leader).map_or(0, |m| m.id),
-        nodes_up: r.nodes.iter().filter(|n| n.state == NodeState::Up as i32).count(),
+        nodes_by_state: by_state,
         nodes_total: r.nodes.len(),
         shards: r.shards,
         shards_with_leader: r.shards_with_leader,
+        leaderless: r.leaderless,
         under_replicated: r.under_replicated,
         replication_factor: r.replication_factor,
-        nodes: r.nodes.iter().map(node_row).collect(),
+        operators: r.operators.iter().map(operator_row).collect(),
+        loads: r.loads.iter().map(|l| LoadRow { node: l.node_id, replicas: l.replicas, leaders: l.leaders }).collect(),
+        ideal_replicas: r.ideal_replicas,
+        ideal_leaders: r.ideal_leaders,
+        balanced: r.balanced,
+        nodes,
     };
+    let minmax = |f: fn(&LoadRow) -> u32| {
+        let v: Vec<u32> = st.loads.iter().map(f).collect();
+        format!("{} / {}", v.iter().min().copied().unwrap_or(0), v.iter().max().copied().unwrap_or(0))
+    };
+    let states: Vec<String> = st.nodes_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let table = vec![
         vec!["bootstrapped".into(), st.bootstrapped.to_string()],
         vec!["placement leader".into(), st.placement_leader.to_string()],
-        vec!["storenodes up".into(), format!("{} of {}", st.nodes_up, st.nodes_total)],
+        vec!["storenodes".into(), format!("{} ({})", st.nodes_total, states.join(", "))],
         vec!["shards".into(), st.shards.to_string()],
         vec!["shards with a leader".into(), st.shards_with_leader.to_string()],
+        vec!["leaderless shards".into(), st.leaderless.to_string()],
         vec!["under-replicated shards".into(), st.under_replicated.to_string()],
         vec!["replication factor".into(), st.replication_factor.to_string()],
+        vec![
+            "replicas per node (min / max)".into(),
+            format!("{} (ideal {:.1})", minmax(|l| l.replicas), st.ideal_replicas),
+        ],
+        vec![
+            "leaders per node (min / max)".into(),
+            format!("{} (ideal {:.1})", minmax(|l| l.leaders), st.ideal_leaders),
+        ],
+        vec!["operators in flight".into(), st.operators.len().to_string()],
+        vec!["balanced".into(), st.balanced.to_string()],
         vec!["shard map version".into(), st.map_version.to_string()],
     ];
-    print(c.output, &st, &["", ""], table)
+    print(c.output, &st, &["", ""], table)?;
+    if c.output == Format::Table {
+        let loads: Vec<Vec<String>> =
+            st.loads.iter().map(|l| vec![l.node.to_string(), l.replicas.to_string(), l.leaders.to_string()]).collect();
+        println!();
+        print(c.output, &st.loads, &["node", "replicas", "leaders"], loads)?;
+        if !st.operators.is_empty() {
+            println!();
+            print(c.output, &st.operators, OPERATOR_HEADER, operator_table(&st.operators))?;
+        }
+    }
+    Ok(())
 }

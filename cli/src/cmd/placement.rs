@@ -40,9 +40,26 @@ pub struct Args {
     /// Shards created when the cluster bootstraps. Default 16.
     #[arg(long)]
     initial_shards: Option<u64>,
-    /// Seconds without a heartbeat before a storenode is shown down. Default 10.
+    /// Seconds without a heartbeat before a storenode is DOWN for good and its
+    /// replicas are replaced elsewhere. Default 300 (it is shown down after
+    /// 10, or this when shorter).
     #[arg(long)]
     down_after_secs: Option<u64>,
+    /// The same for a node in maintenance (planned downtime). Default 1800.
+    #[arg(long)]
+    maintenance_down_after_secs: Option<u64>,
+    /// Replica moves (operators) in flight in the cluster. Default 16.
+    #[arg(long)]
+    max_operators: Option<usize>,
+    /// Moves in flight into or out of one storenode. Default 4.
+    #[arg(long)]
+    max_operators_per_node: Option<usize>,
+    /// New replicas catching up (receiving a snapshot) on one storenode. Default 2.
+    #[arg(long)]
+    max_snapshots_per_node: Option<usize>,
+    /// Seconds a new replica may take to catch up before its move rolls back. Default 600.
+    #[arg(long)]
+    catch_up_timeout_secs: Option<u64>,
     /// Raft tick in milliseconds. Default 100.
     #[arg(long)]
     raft_tick_ms: Option<u64>,
@@ -63,6 +80,11 @@ impl Args {
             replication_factor: self.replication_factor.or(f.replication_factor),
             initial_shards: self.initial_shards.or(f.initial_shards),
             down_after_secs: self.down_after_secs.or(f.down_after_secs),
+            maintenance_down_after_secs: self.maintenance_down_after_secs.or(f.maintenance_down_after_secs),
+            max_operators: self.max_operators.or(f.max_operators),
+            max_operators_per_node: self.max_operators_per_node.or(f.max_operators_per_node),
+            max_snapshots_per_node: self.max_snapshots_per_node.or(f.max_snapshots_per_node),
+            catch_up_timeout_secs: self.catch_up_timeout_secs.or(f.catch_up_timeout_secs),
             raft_tick_ms: self.raft_tick_ms.or(f.raft_tick_ms),
         })
     }
@@ -92,10 +114,20 @@ pub fn config(a: Args) -> anyhow::Result<PlacementConfig> {
         replication_factor: a.replication_factor.unwrap_or(defaults.replication_factor),
         initial_shards: a.initial_shards.unwrap_or(defaults.initial_shards),
         down_after: a.down_after_secs.map_or(defaults.down_after, Duration::from_secs),
+        maintenance_down_after: a
+            .maintenance_down_after_secs
+            .map_or(defaults.maintenance_down_after, Duration::from_secs),
+        max_operators: a.max_operators.unwrap_or(defaults.max_operators),
+        max_operators_per_node: a.max_operators_per_node.unwrap_or(defaults.max_operators_per_node),
+        max_snapshots_per_node: a.max_snapshots_per_node.unwrap_or(defaults.max_snapshots_per_node),
+        catch_up_timeout: a.catch_up_timeout_secs.map_or(defaults.catch_up_timeout, Duration::from_secs),
         ..defaults
     };
     if settings.replication_factor == 0 || settings.initial_shards == 0 || settings.down_after.is_zero() {
         bail!("replication factor, initial shards and down-after must be at least 1");
+    }
+    if settings.max_operators == 0 || settings.max_operators_per_node == 0 || settings.max_snapshots_per_node == 0 {
+        bail!("max-operators, max-operators-per-node and max-snapshots-per-node must be at least 1");
     }
     let raft = RaftConfig {
         tick_ms: a.raft_tick_ms.unwrap_or(ringkv_raft::config::DEFAULT_TICK_MS).max(1),

@@ -176,6 +176,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             rf.to_string(),
             "--initial-shards".into(),
             a.shards.to_string(),
+            // A laptop cluster repairs quickly after a storenode is stopped.
+            "--down-after-secs".into(),
+            "20".into(),
         ];
         for m in &members {
             args.extend(["--member".into(), m.clone()]);
