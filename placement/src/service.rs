@@ -128,7 +128,8 @@ impl PlacementService {
         if id != 0 {
             return Ok(id);
         }
-        let candidate = rand::random::<u64>().max(1);
+        // 63 bits: storenodes keep it in TOML, whose integers are signed.
+        let candidate = (rand::random::<u64>() >> 1).max(1);
         match self.propose(Op::SetClusterId(SetClusterId { cluster_id: candidate })).await? {
             Reply::ClusterId(id) => Ok(id),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
