@@ -49,7 +49,8 @@ pub enum Command {
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
     Bench(bench::Args),
-    /// A fault-injection run with a linearizability check (root, in a network namespace).
+    /// A fault-injection run with a linearizability check (root, in a network
+    /// namespace); `chaos check FILE` re-checks a recorded history on its own.
     Chaos(chaos::Args),
 }
 
@@ -62,8 +63,7 @@ impl Command {
                 | Command::Router(_)
                 | Command::Playground(_)
                 | Command::Bench(_)
-                | Command::Chaos(_)
-        )
+        ) || matches!(self, Command::Chaos(a) if a.is_run())
     }
 }
 
