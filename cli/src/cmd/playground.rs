@@ -15,6 +15,8 @@ use anyhow::{bail, Context};
 use ringkv_client::Client;
 use serde::Serialize;
 
+use super::defaults;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Where data, logs and playground.json live.
@@ -29,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     shards: u64,
     /// Use ports from here up instead of the standard ones (router 6380/8080,
-    /// placement 2379…, storenodes 20160…).
+    /// placement 6390…, storenodes 20160…).
     #[arg(long)]
     port_base: Option<u16>,
     /// Give up if the cluster does not serve within this many seconds.
@@ -58,8 +60,8 @@ fn ports(a: &Args) -> anyhow::Result<Ports> {
     let (p, s) = (a.placement as u16, a.storenodes as u16);
     Ok(match a.port_base {
         None => Ports {
-            placement: (0..p).map(|i| (2379 + i, 2479 + i)).collect(),
-            storenodes: (0..s).map(|i| (20160 + i, 20260 + i)).collect(),
+            placement: (0..p).map(|i| (defaults::PLACEMENT_PORT + i, defaults::PLACEMENT_HTTP_PORT + i)).collect(),
+            storenodes: (0..s).map(|i| (defaults::STORENODE_PORT + i, defaults::STORENODE_HTTP_PORT + i)).collect(),
             router: (6380, 8080),
         },
         Some(b) => {
