@@ -68,7 +68,8 @@ pub enum Command {
     /// The cluster as a whole.
     #[command(subcommand)]
     Cluster(ops::ClusterCmd),
-    /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
+    /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C;
+    /// `playground scale-out|scale-in` change a running one.
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
     Bench(bench::Args),
@@ -79,14 +80,9 @@ pub enum Command {
 
 impl Command {
     pub fn is_server(&self) -> bool {
-        matches!(
-            self,
-            Command::Placement(_)
-                | Command::Storenode(_)
-                | Command::Router(_)
-                | Command::Playground(_)
-                | Command::Bench(_)
-        ) || matches!(self, Command::Chaos(a) if a.is_run())
+        matches!(self, Command::Placement(_) | Command::Storenode(_) | Command::Router(_) | Command::Bench(_))
+            || matches!(self, Command::Chaos(a) if a.is_run())
+            || matches!(self, Command::Playground(a) if a.is_start())
     }
 }
 
