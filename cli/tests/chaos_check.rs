@@ -1,7 +1,7 @@
 //! `ringkv chaos check FILE`: a recorded history checked on its own, no
 //! cluster, no root. Hand-written histories: a clean one passes (exit 0), a
 //! stale read is an anomaly and a lost acknowledged set addition is reported
-//! (exit 3), and a corrupt line is an error that names it.
+//! (exit 3), and a corrupt line is an error that names it (exit 1).
 
 mod common;
 
@@ -86,7 +86,10 @@ fn a_corrupt_line_is_an_error_naming_it() {
         assert!(err.contains("history.jsonl: line 3") && err.contains(says), "{what}: {err}");
         assert!(!err.contains("panicked"), "{what}: {err}");
     }
+    let (code, _, err) = check(dir.path(), &[r#"{"final_reads":{}}"#]);
+    assert!(code == 1 && err.contains("holds no operation"), "an empty history proves nothing: {err}");
     let out = ringkv().args(["chaos", "check", "/nonexistent/history.jsonl"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/history.jsonl"), "names the file");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/history.jsonl: No such file"), "names the file once: {err}");
 }

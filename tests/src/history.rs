@@ -82,7 +82,7 @@ enum LineIn {
 /// names its 1-based line.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    /// The file could not be opened or read.
+    /// The file could not be opened.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -132,12 +132,8 @@ impl History {
 
     /// Reads the file at `path`.
     pub fn read_file(path: &Path) -> Result<History, HistoryError> {
-        let io = |source| HistoryError::Io { path: path.to_path_buf(), source };
-        let f = std::fs::File::open(path).map_err(io)?;
-        History::read_from(std::io::BufReader::new(f)).map_err(|e| match e {
-            HistoryError::Io { source, .. } => io(source),
-            other => other,
-        })
+        let f = std::fs::File::open(path).map_err(|source| HistoryError::Io { path: path.to_path_buf(), source })?;
+        History::read_from(std::io::BufReader::new(f))
     }
 
     /// Reads the line format from `r`. Blank lines are skipped; several
@@ -150,7 +146,7 @@ impl History {
             let bad = |message: String| HistoryError::Line { line, message };
             let text = text.map_err(|e| match e.kind() {
                 std::io::ErrorKind::InvalidData => bad("not UTF-8 text".into()),
-                _ => HistoryError::Io { path: PathBuf::new(), source: e },
+                _ => bad(format!("reading: {e}")),
             })?;
             if text.trim().is_empty() {
                 continue;
@@ -163,6 +159,12 @@ impl History {
                     h.lines.registers.push(line);
                 }
                 LineIn::Set(e) => {
+                    if matches!(e.outcome, Outcome::Ok(r) if r != RegResult::Written) {
+                        return Err(bad(format!(
+                            "a set addition that is ok says {{\"Ok\": \"Written\"}}, not {:?}",
+                            e.outcome
+                        )));
+                    }
                     h.sets.push(e);
                     h.lines.sets.push(line);
                 }
@@ -473,6 +475,10 @@ mod tests {
             ("two kinds on one line", format!("{WRITE}\n{{\"set\":{{}},\"register\":{{}}}}\n")),
             ("result of another op", format!("{WRITE}\n{}\n", READ.replace("{\"Read\":1}", "\"Written\""))),
             (
+                "set addition with a read result",
+                format!("{WRITE}\n{{\"set\":{{\"key\":\"s\",\"element\":1,\"outcome\":{{\"Ok\":{{\"Read\":1}}}}}}}}\n"),
+            ),
+            (
                 "ok without completion",
                 format!("{WRITE}\n{}\n", READ.replace("\"complete_ns\":6", "\"complete_ns\":null")),
             ),
@@ -498,6 +504,30 @@ mod tests {
         let bytes = [WRITE.as_bytes(), b"\n\xff\xfe\n"].concat();
         let e = History::read_from(bytes.as_slice()).expect_err("not UTF-8");
         assert_eq!(e.to_string(), "line 2: not UTF-8 text");
+    }
+
+    #[test]
+    fn exit_codes_rank_anomalies_over_undecided_keys() {
+        let report = |violations: usize, lost: usize, undecided: usize| CheckReport {
+            ops_by_kind: BTreeMap::new(),
+            registers: RegReport {
+                ops_checked: 0,
+                violations: (0..violations)
+                    .map(|i| crate::checker::Violation {
+                        key: format!("k{i}"),
+                        key_ops: 0,
+                        ops: Vec::new(),
+                        sources: Vec::new(),
+                    })
+                    .collect(),
+                undecided: (0..undecided).map(|i| format!("u{i}")).collect(),
+            },
+            sets: SetReport { lost: (0..lost as u64).map(|e| ("s".to_string(), e)).collect(), ..Default::default() },
+        };
+        assert_eq!(report(0, 0, 0).exit_code(), 0);
+        assert_eq!(report(0, 0, 1).exit_code(), EXIT_UNDECIDED);
+        assert_eq!(report(1, 0, 1).exit_code(), EXIT_ANOMALY);
+        assert_eq!(report(0, 1, 1).exit_code(), EXIT_ANOMALY);
     }
 
     #[test]

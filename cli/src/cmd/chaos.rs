@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use ringkv_chaos::history::{self, History, EXIT_ANOMALY, EXIT_UNDECIDED};
+use ringkv_chaos::history::{self, History, HistoryError, EXIT_ANOMALY, EXIT_UNDECIDED};
 use ringkv_chaos::nemesis::{Kind, ALL};
 use ringkv_chaos::run::{run, Options, KEY_BUDGET};
 
@@ -92,7 +92,15 @@ async fn check_cmd(c: CheckArgs) -> anyhow::Result<()> {
     let path = c.path;
     // Reading and the search are CPU-bound: off the async runtime.
     let (h, report) = tokio::task::spawn_blocking(move || {
-        let h = History::read_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let h = History::read_file(&path).map_err(|e| match e {
+            // Already names the file.
+            HistoryError::Io { .. } => anyhow::anyhow!("{e}"),
+            _ => anyhow::anyhow!("{}: {e}", path.display()),
+        })?;
+        if h.registers.is_empty() && h.sets.is_empty() {
+            // Trivially clean, and most likely not the file that was meant.
+            bail!("{}: holds no operation: nothing to check", path.display());
+        }
         let report = history::check(&h, budget);
         anyhow::Ok((h, report))
     })
