@@ -5,6 +5,9 @@
 //! the storenode's deliberate stale-read bug on and partitions as the only
 //! fault, it must find an anomaly.
 //!
+//! Each run's history.jsonl, checked again with `ringkv chaos check`, gives
+//! the same verdict.
+//!
 //! Needs root (network namespaces, iptables); without it the tests say so
 //! and pass vacuously. CI runs as root.
 
@@ -34,6 +37,17 @@ fn chaos(args: &[&str]) -> Option<(i32, String)> {
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `ringkv chaos check` on a run's history: exit code and output.
+fn recheck(out: &std::path::Path) -> (i32, String) {
+    let r = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["chaos", "check"])
+        .arg(out.join("history.jsonl"))
+        .output()
+        .expect("run ringkv chaos check");
+    let text = format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    (r.status.code().unwrap_or(-1), text)
+}
+
 #[test]
 fn short_chaos_run_finds_no_anomaly() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -50,6 +64,11 @@ fn short_chaos_run_finds_no_anomaly() {
     assert_eq!(summary["undecided_keys"], 0, "every key's history was checked");
     assert!(summary["register_ops_checked"].as_u64().unwrap_or(0) > 500, "{summary}");
     assert!(summary["faults_by_kind"].as_object().is_some_and(|f| f.len() >= 4), "several kinds of fault: {summary}");
+    // The history the run wrote says the same when checked on its own.
+    let (code, text) = recheck(dir.path());
+    assert_eq!(code, 0, "chaos check of the run's history:\n{text}");
+    let checked = format!("register operations checked {:>15}", summary["register_ops_checked"]);
+    assert!(text.lines().any(|l| l.split_whitespace().eq(checked.split_whitespace())), "same count: {text}");
 }
 
 #[test]
@@ -67,4 +86,7 @@ fn checker_catches_stale_reads_when_reads_skip_read_index() {
             .expect("JSON");
     let first = &v["register_violations"][0]["ops"];
     assert!(first.as_array().is_some_and(|ops| !ops.is_empty() && ops.len() <= 20), "a small failing sub-history: {v}");
+    let (code, text) = recheck(dir.path());
+    assert_eq!(code, 3, "chaos check of the run's history finds it too:\n{text}");
+    assert!(text.contains("anomaly: register key"), "{text}");
 }

@@ -35,13 +35,22 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+// The serde forms of these types are the lines of `history.jsonl`, which
+// `ringkv chaos check` reads back, possibly written by another tool: unknown
+// fields are refused (a misspelt field must not be read as absent), and
+// `Option` fields are required with `deserialize_with` (serde would
+// otherwise read a missing one as `None`, e.g. a compare-and-swap "only if
+// absent"); `null` says `None`. docs/fault-injection.md describes the format.
+
 /// A register operation as invoked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum RegOp {
     Read,
     Write(u64),
     /// `expected: None` means "only if absent".
     Cas {
+        #[serde(deserialize_with = "Option::deserialize")]
         expected: Option<u64>,
         new: u64,
     },
@@ -49,12 +58,14 @@ pub enum RegOp {
 
 /// What a completed register operation returned. `None` is "absent".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum RegResult {
     Read(Option<u64>),
     Written,
     /// `current` is the value the compare saw (on success, the expected one).
     Cas {
         succeeded: bool,
+        #[serde(deserialize_with = "Option::deserialize")]
         current: Option<u64>,
     },
 }
@@ -71,17 +82,20 @@ pub enum Outcome {
 /// One register operation: invoked at `invoke_ns`, completed at
 /// `complete_ns` (None for info: it may take effect at any later time).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegEvent {
     pub client: u32,
     pub key: String,
     pub op: RegOp,
     pub invoke_ns: u64,
+    #[serde(deserialize_with = "Option::deserialize")]
     pub complete_ns: Option<u64>,
     pub outcome: Outcome,
 }
 
 /// One attempt to add `element` to the set at `key`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetAdd {
     pub key: String,
     pub element: u64,
@@ -98,6 +112,11 @@ pub struct Violation {
     pub key_ops: usize,
     /// The shrunk witness, in invocation order.
     pub ops: Vec<RegEvent>,
+    /// Where each of `ops` is in the events given to [`check_registers`]
+    /// (not written to `violations.json`: a reader of a history file maps
+    /// them to line numbers).
+    #[serde(skip)]
+    pub sources: Vec<usize>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -495,7 +514,8 @@ pub fn check_registers(events: &[RegEvent], time_limit: Duration) -> RegReport {
             Verdict::Violation { .. } => report.violations.push(Violation {
                 key,
                 key_ops: keys[k].1.len(),
-                ops: v.witness.into_iter().map(|i| events[i].clone()).collect(),
+                ops: v.witness.iter().map(|&i| events[i].clone()).collect(),
+                sources: v.witness,
             }),
         }
     }

@@ -50,7 +50,7 @@ pub struct Cluster {
 }
 
 pub fn placement_addr(i: usize) -> String {
-    format!("127.0.0.{}:2379", 11 + i)
+    format!("127.0.0.{}:6390", 11 + i)
 }
 
 pub fn router_addr(i: usize) -> String {
@@ -67,7 +67,7 @@ impl Cluster {
         let layout = Layout {
             dir: dir.to_path_buf(),
             placement: (0..PLACEMENT).map(placement_addr).collect(),
-            placement_http: (0..PLACEMENT).map(|i| Some(format!("{}:2479", ip(11, i)))).collect(),
+            placement_http: (0..PLACEMENT).map(|i| Some(format!("{}:6490", ip(11, i)))).collect(),
             storenodes: (0..STORENODES)
                 .map(|i| (format!("{}:20160", ip(21, i)), format!("{}:20180", ip(21, i))))
                 .collect(),

@@ -11,13 +11,17 @@
 //! - [`nemesis`]: the seeded fault schedule.
 //! - [`workload`]: register (read/write/CAS) and set/append clients.
 //! - [`checker`]: linearizability (Wing–Gong/Lowe, per key) and set checks.
+//! - [`history`]: the `history.jsonl` file of a run, and checking one on its
+//!   own (`ringkv chaos check FILE`, no cluster, no root).
 //! - [`run`]: one run end to end, and its summary.
 //!
 //! Entry point: `ringkv chaos` (run inside a network namespace as root);
 //! `make test` runs a short one, `make chaos DURATION=30m` a long one.
+//! `ringkv chaos check FILE` re-checks a recorded history.
 
 pub mod checker;
 pub mod cluster;
+pub mod history;
 pub mod layout;
 pub mod nemesis;
 pub mod run;

@@ -2,7 +2,8 @@
 //! fault schedule for the duration, heal everything, read the sets back,
 //! check the histories, write the files and print the summary table.
 //!
-//! Files in `out`: `history.jsonl` (every operation), `nemesis.jsonl` (every
+//! Files in `out`: `history.jsonl` (every operation and the final reads, see
+//! [`crate::history`]), `nemesis.jsonl` (every
 //! fault as applied), `summary.json`, and on an anomaly `violations.json`
 //! (the smallest failing sub-histories found) — replay with the same seed.
 
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 use crate::checker::{check_registers, check_sets, Outcome, RegReport, SetReport};
 use crate::cluster::{self, placement_addr, router_addr, Cluster, PLACEMENT, ROUTERS};
+use crate::history::History;
 use crate::nemesis::{self, Fault, Kind};
 use crate::workload::{self, Recorder, SET_KEYS};
 
@@ -265,20 +267,18 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     let final_reads = read_sets_back(Duration::from_millis(run_ms), Duration::from_secs(60)).await?;
     cluster.lock().expect("not poisoned").stop_all();
 
-    let registers = std::mem::take(&mut *rec.registers.lock().expect("not poisoned"));
-    let sets = std::mem::take(&mut *rec.sets.lock().expect("not poisoned"));
-    let mut hist = std::io::BufWriter::new(std::fs::File::create(o.out.join("history.jsonl"))?);
-    for e in &registers {
-        writeln!(hist, "{}", serde_json::json!({ "register": e }))?;
-    }
-    for e in &sets {
-        writeln!(hist, "{}", serde_json::json!({ "set": e }))?;
-    }
-    writeln!(hist, "{}", serde_json::json!({ "final_reads": final_reads }))?;
-    hist.flush()?;
+    let history = History {
+        registers: std::mem::take(&mut *rec.registers.lock().expect("not poisoned")),
+        sets: std::mem::take(&mut *rec.sets.lock().expect("not poisoned")),
+        final_reads,
+        lines: Default::default(),
+    };
+    let history_file = o.out.join("history.jsonl");
+    history.write_file(&history_file).with_context(|| format!("writing {}", history_file.display()))?;
+    let (registers, sets) = (&history.registers, &history.sets);
 
-    let reg = check_registers(&registers, Duration::from_secs(60));
-    let set = check_sets(&sets, &final_reads);
+    let reg = check_registers(registers, KEY_BUDGET);
+    let set = check_sets(sets, &history.final_reads);
     if !reg.violations.is_empty() || !set.lost.is_empty() || !set.phantom.is_empty() || !set.duplicated.is_empty() {
         let v = serde_json::json!({
             "seed": o.seed,
@@ -289,9 +289,10 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         std::fs::write(o.out.join("violations.json"), serde_json::to_string_pretty(&v)?)?;
     }
     let ok_writes = std::mem::take(&mut *rec.ok_writes.lock().expect("not poisoned"));
-    let summary = summarize(&o, run_ms, &registers, &sets, &reg, &set, &applied, ok_writes);
+    let summary = summarize(&o, run_ms, registers, sets, &reg, &set, &applied, ok_writes);
     std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     print_summary(&summary);
+    println!("  re-check the history on its own: ringkv chaos check {}", history_file.display());
     Ok(summary)
 }
 
@@ -347,6 +348,10 @@ fn summarize(
     s.acknowledged_writes_lost = set.lost.len();
     s
 }
+
+/// The linearizability search's time budget per register key, in a run and
+/// by default in `ringkv chaos check`.
+pub const KEY_BUDGET: Duration = Duration::from_secs(60);
 
 /// How long after a fault heals an outage still counts against that fault.
 pub const RECOVERY_WINDOW: Duration = Duration::from_secs(5);

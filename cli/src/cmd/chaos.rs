@@ -4,16 +4,55 @@
 //! (`scripts/chaos.sh` does exactly that). Exits 3 when an anomaly or a lost
 //! acknowledged write was found, 4 when some key's history could not be
 //! checked within its time budget.
+//!
+//! `ringkv chaos check FILE` re-checks a recorded `history.jsonl` on its own
+//! (no cluster, no root) with the same checkers and the same exit codes; a
+//! file that cannot be read as a history is an error naming the line (exit 1).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
+use ringkv_chaos::history::{self, History, HistoryError, EXIT_ANOMALY, EXIT_UNDECIDED};
 use ringkv_chaos::nemesis::{Kind, ALL};
-use ringkv_chaos::run::{run, Options};
+use ringkv_chaos::run::{run, Options, KEY_BUDGET};
+
+/// `ringkv chaos [flags]` runs; `ringkv chaos check FILE` only checks.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<ChaosCmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl Args {
+    /// A run starts servers (and logs like one); a check does not.
+    pub fn is_run(&self) -> bool {
+        self.command.is_none()
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum ChaosCmd {
+    /// Check a recorded history (history.jsonl) without a cluster: exit 0
+    /// clean, 3 anomaly or lost write, 4 a key not checked in its budget.
+    Check(CheckArgs),
+}
 
 #[derive(clap::Args)]
-pub struct Args {
+struct CheckArgs {
+    /// The history file: one JSON object per line (docs/fault-injection.md).
+    path: PathBuf,
+    /// Time budget of the linearizability search per register key: seconds,
+    /// or with a unit (90s, 30m, 1h). A key not decided in time exits 4.
+    #[arg(long, value_parser = parse_duration)]
+    key_budget: Option<Duration>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
     /// How long the clients and faults run: seconds, or with a unit (90s, 30m, 1h).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
@@ -38,6 +77,53 @@ pub struct Args {
 }
 
 pub async fn run_cmd(a: Args) -> anyhow::Result<()> {
+    match a.command {
+        Some(ChaosCmd::Check(c)) => check_cmd(c).await,
+        None => run_chaos(a.run).await,
+    }
+}
+
+/// Reads and checks a history file; exits with the run's codes on a finding.
+async fn check_cmd(c: CheckArgs) -> anyhow::Result<()> {
+    let budget = c.key_budget.unwrap_or(KEY_BUDGET);
+    if budget.is_zero() {
+        bail!("--key-budget must be positive");
+    }
+    let path = c.path;
+    // Reading and the search are CPU-bound: off the async runtime.
+    let (h, report) = tokio::task::spawn_blocking(move || {
+        let h = History::read_file(&path).map_err(|e| match e {
+            // Already names the file.
+            HistoryError::Io { .. } => anyhow::anyhow!("{e}"),
+            _ => anyhow::anyhow!("{}: {e}", path.display()),
+        })?;
+        if h.registers.is_empty() && h.sets.is_empty() {
+            // Trivially clean, and most likely not the file that was meant.
+            bail!("{}: holds no operation: nothing to check", path.display());
+        }
+        let report = history::check(&h, budget);
+        anyhow::Ok((h, report))
+    })
+    .await??;
+    println!("chaos check: {} register operations, {} set additions", h.registers.len(), h.sets.len());
+    print!("{}", report.render(&h));
+    match report.exit_code() {
+        0 => Ok(()),
+        code => {
+            if code == EXIT_ANOMALY {
+                eprintln!("error: {} anomalies, {} acknowledged writes lost", report.anomalies(), report.lost());
+            } else {
+                eprintln!(
+                    "error: {} register keys could not be checked in time: nothing proven for them (raise --key-budget)",
+                    report.registers.undecided.len()
+                );
+            }
+            std::process::exit(code);
+        }
+    }
+}
+
+async fn run_chaos(a: RunArgs) -> anyhow::Result<()> {
     let kinds = if a.nemesis.is_empty() {
         ALL.to_vec()
     } else {
@@ -66,20 +152,20 @@ pub async fn run_cmd(a: Args) -> anyhow::Result<()> {
             "error: {} anomalies, {} acknowledged writes lost (seed {seed})",
             s.anomalies, s.acknowledged_writes_lost
         );
-        std::process::exit(3);
+        std::process::exit(EXIT_ANOMALY);
     }
     if s.undecided_keys > 0 {
         eprintln!(
             "error: {} register keys could not be checked in time: nothing proven for them (seed {seed})",
             s.undecided_keys
         );
-        std::process::exit(4);
+        std::process::exit(EXIT_UNDECIDED);
     }
     Ok(())
 }
 
 /// `90`, `90s`, `30m` or `1h`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
     let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with an optional unit (s, m, h)"))?;
     let secs = match unit {

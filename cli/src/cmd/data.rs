@@ -12,7 +12,7 @@ use crate::output::{print, text, Format};
 #[derive(clap::Args, Clone)]
 pub struct Conn {
     /// Router gRPC addresses, comma-separated (failover in order).
-    #[arg(long, env = "RINGKV_ROUTER", value_delimiter = ',', default_value = "127.0.0.1:6380")]
+    #[arg(long, env = "RINGKV_ROUTER", value_delimiter = ',', default_value = super::defaults::ROUTER_ADDR)]
     pub router: Vec<String>,
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 5000)]

@@ -12,6 +12,29 @@ pub mod storenode;
 
 use clap::{Parser, Subcommand};
 
+/// Where servers listen and clients look when no address is given: one
+/// source for every command. The placement ports are not etcd's 2379/2380
+/// (a playground must start next to a local etcd) nor any other well-known
+/// service's.
+pub mod defaults {
+    /// Placement gRPC port (a playground's members use 6390, 6391, ...).
+    pub const PLACEMENT_PORT: u16 = 6390;
+    /// Placement HTTP port of a playground's first member (6490, 6491, ...).
+    pub const PLACEMENT_HTTP_PORT: u16 = 6490;
+    /// The placement address clients try by default.
+    pub const PLACEMENT_ADDR: &str = "127.0.0.1:6390";
+    /// Router gRPC (Kv API) port.
+    pub const ROUTER_PORT: u16 = 6380;
+    /// Router HTTP gateway port.
+    pub const ROUTER_HTTP_PORT: u16 = 8080;
+    /// The router address clients try by default.
+    pub const ROUTER_ADDR: &str = "127.0.0.1:6380";
+    /// A playground's first storenode gRPC port (20160, 20161, ...).
+    pub const STORENODE_PORT: u16 = 20160;
+    /// A playground's first storenode HTTP port (20260, 20261, ...).
+    pub const STORENODE_HTTP_PORT: u16 = 20260;
+}
+
 #[derive(Parser)]
 #[command(name = "ringkv", version, about = "ringkv: a sharded, linearizable key-value store")]
 pub struct Cli {
@@ -49,25 +72,21 @@ pub enum Command {
     /// Operators: the replica moves placement is making.
     #[command(subcommand)]
     Operator(ops::OperatorCmd),
-    /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C.
+    /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C;
+    /// `playground scale-out|scale-in` change a running one.
     Playground(playground::Args),
     /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
     Bench(bench::Args),
-    /// A fault-injection run with a linearizability check (root, in a network namespace).
+    /// A fault-injection run with a linearizability check (root, in a network
+    /// namespace); `chaos check FILE` re-checks a recorded history on its own.
     Chaos(chaos::Args),
 }
 
 impl Command {
     pub fn is_server(&self) -> bool {
-        matches!(
-            self,
-            Command::Placement(_)
-                | Command::Storenode(_)
-                | Command::Router(_)
-                | Command::Playground(_)
-                | Command::Bench(_)
-                | Command::Chaos(_)
-        )
+        matches!(self, Command::Placement(_) | Command::Storenode(_) | Command::Router(_) | Command::Bench(_))
+            || matches!(self, Command::Chaos(a) if a.is_run())
+            || matches!(self, Command::Playground(a) if a.is_start())
     }
 }
 

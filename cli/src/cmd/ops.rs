@@ -18,7 +18,7 @@ use crate::output::{print, Format};
 #[derive(clap::Args, Clone)]
 pub struct PlacementConn {
     /// Placement gRPC addresses, comma-separated (the leader is found).
-    #[arg(long, env = "RINGKV_PLACEMENT", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(long, env = "RINGKV_PLACEMENT", value_delimiter = ',', default_value = super::defaults::PLACEMENT_ADDR)]
     pub placement: Vec<String>,
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,

@@ -20,7 +20,7 @@ pub struct Args {
     /// This member's id (1, 2, 3…). Default 1.
     #[arg(long)]
     id: Option<u64>,
-    /// gRPC listen address. Default 127.0.0.1:2379.
+    /// gRPC listen address. Default 127.0.0.1:6390.
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// HTTP address for /metrics, /healthz, /readyz.
@@ -100,7 +100,7 @@ pub fn parse_id_addr(flag: &str, s: &str) -> anyhow::Result<(u64, String)> {
 pub fn config(a: Args) -> anyhow::Result<PlacementConfig> {
     let a = a.merged()?;
     let id = a.id.unwrap_or(1);
-    let listen = a.listen.unwrap_or_else(|| ([127, 0, 0, 1], 2379).into());
+    let listen = a.listen.unwrap_or_else(|| ([127, 0, 0, 1], super::defaults::PLACEMENT_PORT).into());
     let members = if a.members.is_empty() {
         vec![(id, listen.to_string())]
     } else {

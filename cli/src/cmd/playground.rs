@@ -3,8 +3,22 @@
 //! router as child processes of this binary on 127.0.0.1, waits until a write
 //! and a read go through, prints the endpoints, writes `DIR/playground.json`
 //! (role, id, addresses, pid, data dir, log of each process) and, on Ctrl-C,
-//! stops every child with SIGTERM (SIGKILL after a grace period). It restarts
+//! stops every child with SIGTERM (SIGKILL after a grace period) — and the
+//! storenodes `scale-out` added, found in playground.json. It restarts
 //! nothing by itself. Data lives under DIR and survives the next start.
+//!
+//! Ports: placement 6390+i (HTTP 6490+i), storenodes 20160+i (HTTP
+//! 20260+i), router 6380 (HTTP 8080), or consecutive ones from
+//! `--port-base`. A port that is taken (a local etcd, another program) is
+//! replaced by a free one; the addresses chosen are printed and recorded.
+//!
+//! While it runs, `ringkv playground scale-out` and `scale-in` change its
+//! storenodes (see [`scale`]).
+
+mod file;
+mod ports;
+mod procs;
+mod scale;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,12 +27,45 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringkv_client::Client;
-use serde::Serialize;
+
+use super::defaults;
+use file::{ProcessInfo, Role};
+use ports::{Pick, Picker};
+
+/// Where a playground lives when no `--dir` is given (start, scale-out, scale-in).
+pub const DEFAULT_DIR: &str = "ringkv-playground";
+
+/// `ringkv playground [flags]` starts one; the subcommands change a running one.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<PlaygroundCmd>,
+    #[command(flatten)]
+    start: StartArgs,
+}
+
+impl Args {
+    /// Starting a playground runs servers (and logs like one); the
+    /// subcommands are clients.
+    pub fn is_start(&self) -> bool {
+        self.command.is_none()
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum PlaygroundCmd {
+    /// Start more storenodes in a running playground (found through its playground.json).
+    ScaleOut(scale::ScaleOutArgs),
+    /// Decommission a storenode of a running playground: placement moves its
+    /// replicas off and marks it removed, then its process is stopped.
+    ScaleIn(scale::ScaleInArgs),
+}
 
 #[derive(clap::Args)]
-pub struct Args {
+struct StartArgs {
     /// Where data, logs and playground.json live.
-    #[arg(long, default_value = "ringkv-playground")]
+    #[arg(long, default_value = DEFAULT_DIR)]
     dir: PathBuf,
     #[arg(long, default_value_t = 3)]
     storenodes: u64,
@@ -29,7 +76,8 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     shards: u64,
     /// Use ports from here up instead of the standard ones (router 6380/8080,
-    /// placement 2379…, storenodes 20160…).
+    /// placement 6390…/6490…, storenodes 20160…/20260…). Taken ports are
+    /// replaced by free ones either way.
     #[arg(long)]
     port_base: Option<u16>,
     /// Give up if the cluster does not serve within this many seconds.
@@ -37,37 +85,41 @@ pub struct Args {
     ready_timeout_secs: u64,
 }
 
-#[derive(Serialize, Clone)]
-pub struct ProcessInfo {
-    pub role: &'static str,
-    pub id: u64,
-    pub grpc: String,
-    pub http: String,
-    pub pid: u32,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    match a.command {
+        Some(PlaygroundCmd::ScaleOut(s)) => scale::scale_out(s).await,
+        Some(PlaygroundCmd::ScaleIn(s)) => scale::scale_in(s).await,
+        None => start(a.start).await,
+    }
 }
 
-struct Ports {
+/// The (gRPC, HTTP) ports each process would like.
+struct Wanted {
     placement: Vec<(u16, u16)>,
     storenodes: Vec<(u16, u16)>,
     router: (u16, u16),
 }
 
-fn ports(a: &Args) -> anyhow::Result<Ports> {
+impl Wanted {
+    fn all(&self) -> impl Iterator<Item = u16> + '_ {
+        self.placement.iter().chain(&self.storenodes).chain([&self.router]).flat_map(|&(g, h)| [g, h])
+    }
+}
+
+fn wanted_ports(a: &StartArgs) -> anyhow::Result<Wanted> {
     let (p, s) = (a.placement as u16, a.storenodes as u16);
     Ok(match a.port_base {
-        None => Ports {
-            placement: (0..p).map(|i| (2379 + i, 2479 + i)).collect(),
-            storenodes: (0..s).map(|i| (20160 + i, 20260 + i)).collect(),
-            router: (6380, 8080),
+        None => Wanted {
+            placement: (0..p).map(|i| (defaults::PLACEMENT_PORT + i, defaults::PLACEMENT_HTTP_PORT + i)).collect(),
+            storenodes: (0..s).map(|i| (defaults::STORENODE_PORT + i, defaults::STORENODE_HTTP_PORT + i)).collect(),
+            router: (defaults::ROUTER_PORT, defaults::ROUTER_HTTP_PORT),
         },
         Some(b) => {
             let top = b as u32 + 2 * (p as u32 + s as u32) + 2;
             if top > u16::MAX as u32 {
                 bail!("--port-base {b} leaves no room for {} ports", top - b as u32);
             }
-            Ports {
+            Wanted {
                 placement: (0..p).map(|i| (b + 2 * i, b + 2 * i + 1)).collect(),
                 storenodes: (0..s).map(|i| (b + 2 * (p + i), b + 2 * (p + i) + 1)).collect(),
                 router: (b + 2 * (p + s), b + 2 * (p + s) + 1),
@@ -76,25 +128,64 @@ fn ports(a: &Args) -> anyhow::Result<Ports> {
     })
 }
 
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// A `ringkv` command for `info` with `args`, its output appended to
+/// `info.log`. Used for the playground's own children and for scale-out's.
+fn command(info: &ProcessInfo, args: &[String]) -> anyhow::Result<Command> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&info.log)
+        .with_context(|| format!("opening {}", info.log.display()))?;
+    let exe = std::env::current_exe().context("finding the ringkv binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    Ok(cmd)
+}
+
+/// A storenode of the playground in `dir`: its record (pid 0 until started).
+fn storenode_info(dir: &Path, id: u64, grpc: u16, http: u16) -> ProcessInfo {
+    ProcessInfo {
+        role: Role::Storenode,
+        id,
+        grpc: addr(grpc),
+        http: addr(http),
+        pid: 0,
+        data_dir: dir.join(format!("storenode-{id}")),
+        log: dir.join("logs").join(format!("storenode-{id}.log")),
+    }
+}
+
+/// The arguments that start the storenode `info` against `placement`: the
+/// same for the playground's first storenodes and for scale-out's.
+fn storenode_args(info: &ProcessInfo, placement: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "storenode".into(),
+        "--node-id".into(),
+        info.id.to_string(),
+        "--listen".into(),
+        info.grpc.clone(),
+        "--http".into(),
+        info.http.clone(),
+        "--data-dir".into(),
+        info.data_dir.display().to_string(),
+    ];
+    for p in placement {
+        args.extend(["--placement".into(), p.clone()]);
+    }
+    args
+}
+
 /// The children; all stopped when this is dropped (error paths included).
 struct Children(Vec<(ProcessInfo, Child)>);
 
 impl Children {
-    fn spawn(&mut self, info: ProcessInfo, args: Vec<String>) -> anyhow::Result<()> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&info.log)
-            .with_context(|| info.log.display().to_string())?;
-        let exe = std::env::current_exe().context("finding the ringkv binary")?;
-        let child = Command::new(exe)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} {}", info.role, info.id))?;
-        let mut info = info;
+    fn spawn(&mut self, mut info: ProcessInfo, args: Vec<String>) -> anyhow::Result<()> {
+        let child =
+            command(&info, &args)?.spawn().with_context(|| format!("starting {} {}", info.role.name(), info.id))?;
         info.pid = child.id();
         self.0.push((info, child));
         Ok(())
@@ -127,15 +218,37 @@ impl Children {
 
 impl Drop for Children {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(10));
+        self.stop(STOP_GRACE);
     }
 }
 
-fn addr(port: u16) -> String {
-    format!("127.0.0.1:{port}")
+/// How long a process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Refuses to start over a playground whose processes still run: with
+/// taken ports replaced, a second playground would otherwise get as far as
+/// two storenodes on one data directory.
+fn ensure_not_running(dir: &Path) -> anyhow::Result<()> {
+    if !file::path(dir).exists() {
+        return Ok(());
+    }
+    let running: Vec<String> = file::read(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| procs::is_ours(p))
+        .map(|p| format!("{} {} (pid {})", p.role.name(), p.id, p.pid))
+        .collect();
+    if !running.is_empty() {
+        bail!(
+            "a playground is already running in {}: {}; stop it first (Ctrl-C where it runs) or use another --dir",
+            dir.display(),
+            running.join(", ")
+        );
+    }
+    Ok(())
 }
 
-pub async fn run(a: Args) -> anyhow::Result<()> {
+async fn start(a: StartArgs) -> anyhow::Result<()> {
     if !(a.placement == 1 || a.placement == 3) {
         bail!("--placement must be 1 or 3");
     }
@@ -144,24 +257,47 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     let dir = &a.dir;
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
-    let ports = ports(&a)?;
+    ensure_not_running(dir)?;
+    let wanted = wanted_ports(&a)?;
+    let mut picker = Picker::new(wanted.all());
+    let mut picks: Vec<Pick> = Vec::new();
+    let mut pick = |what: String, port: u16| -> anyhow::Result<u16> {
+        let p = picker.pick(&what, Some(port))?;
+        if p.fell_back() {
+            println!("port {port} ({what}) is in use: using 127.0.0.1:{} instead", p.port);
+        }
+        let port = p.port;
+        picks.push(p);
+        Ok(port)
+    };
+    let mut placement_ports = Vec::new();
+    for (i, &(g, h)) in wanted.placement.iter().enumerate() {
+        placement_ports
+            .push((pick(format!("placement {} gRPC", i + 1), g)?, pick(format!("placement {} HTTP", i + 1), h)?));
+    }
+    let mut storenode_ports = Vec::new();
+    for (i, &(g, h)) in wanted.storenodes.iter().enumerate() {
+        storenode_ports
+            .push((pick(format!("storenode {} gRPC", i + 1), g)?, pick(format!("storenode {} HTTP", i + 1), h)?));
+    }
+    let router_ports = (pick("router gRPC".into(), wanted.router.0)?, pick("router HTTP".into(), wanted.router.1)?);
+
     let rf = a.storenodes.min(3);
     let members: Vec<String> =
-        ports.placement.iter().enumerate().map(|(i, (g, _))| format!("{}={}", i + 1, addr(*g))).collect();
-    let placement_addrs: Vec<String> = ports.placement.iter().map(|(g, _)| addr(*g)).collect();
-    let info = |role: &'static str, id: u64, (g, h): (u16, u16), data: PathBuf| ProcessInfo {
-        role,
-        id,
-        grpc: addr(g),
-        http: addr(h),
-        pid: 0,
-        log: dir.join("logs").join(format!("{role}-{id}.log")),
-        data_dir: data,
-    };
+        placement_ports.iter().enumerate().map(|(i, (g, _))| format!("{}={}", i + 1, addr(*g))).collect();
+    let placement_addrs: Vec<String> = placement_ports.iter().map(|(g, _)| addr(*g)).collect();
     let mut children = Children(Vec::new());
-    for (i, p) in ports.placement.iter().enumerate() {
+    for (i, &(g, h)) in placement_ports.iter().enumerate() {
         let id = i as u64 + 1;
-        let pi = info("placement", id, *p, dir.join(format!("placement-{id}")));
+        let pi = ProcessInfo {
+            role: Role::Placement,
+            id,
+            grpc: addr(g),
+            http: addr(h),
+            pid: 0,
+            data_dir: dir.join(format!("placement-{id}")),
+            log: dir.join("logs").join(format!("placement-{id}.log")),
+        };
         let mut args = vec![
             "placement".into(),
             "--id".into(),
@@ -185,26 +321,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         children.spawn(pi, args)?;
     }
-    for (i, p) in ports.storenodes.iter().enumerate() {
-        let id = i as u64 + 1;
-        let si = info("storenode", id, *p, dir.join(format!("storenode-{id}")));
-        let mut args = vec![
-            "storenode".into(),
-            "--node-id".into(),
-            id.to_string(),
-            "--listen".into(),
-            si.grpc.clone(),
-            "--http".into(),
-            si.http.clone(),
-            "--data-dir".into(),
-            si.data_dir.display().to_string(),
-        ];
-        for p in &placement_addrs {
-            args.extend(["--placement".into(), p.clone()]);
-        }
+    for (i, &(g, h)) in storenode_ports.iter().enumerate() {
+        let si = storenode_info(dir, i as u64 + 1, g, h);
+        let args = storenode_args(&si, &placement_addrs);
         children.spawn(si, args)?;
     }
-    let ri = info("router", 1, ports.router, PathBuf::new());
+    let ri = ProcessInfo {
+        role: Role::Router,
+        id: 1,
+        grpc: addr(router_ports.0),
+        http: addr(router_ports.1),
+        pid: 0,
+        data_dir: PathBuf::new(),
+        log: dir.join("logs").join("router-1.log"),
+    };
     let router_addr = ri.grpc.clone();
     let router_http = ri.http.clone();
     children.spawn(
@@ -220,7 +350,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         ],
     )?;
     let procs: Vec<ProcessInfo> = children.0.iter().map(|(i, _)| i.clone()).collect();
-    std::fs::write(dir.join("playground.json"), serde_json::to_string_pretty(&procs)?)?;
+    {
+        let _lock = file::lock(dir)?;
+        file::write(dir, &procs)?;
+    }
 
     wait_until_serving(&mut children, &router_addr, Duration::from_secs(a.ready_timeout_secs)).await?;
     println!(
@@ -232,8 +365,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!("  router gRPC   {router_addr}");
     println!("  router HTTP   http://{router_http}");
     println!("  placement     {}", placement_addrs.join(","));
+    let storenodes: Vec<String> = storenode_ports.iter().map(|(g, _)| addr(*g)).collect();
+    println!("  storenodes    {}", storenodes.join(","));
+    for p in picks.iter().filter(|p| p.fell_back()) {
+        println!("  ({} is on port {}: {} was in use)", p.what, p.port, p.wanted.unwrap_or_default());
+    }
     println!("Try:");
-    if a.port_base.is_some() {
+    if router_addr != defaults::ROUTER_ADDR
+        || placement_addrs.first().map(String::as_str) != Some(defaults::PLACEMENT_ADDR)
+    {
+        // The CLI's defaults would reach another process, or nothing.
         println!("  export RINGKV_ROUTER={router_addr} RINGKV_PLACEMENT={}", placement_addrs.join(","));
     }
     println!("  ringkv put hello world && ringkv get hello");
@@ -241,21 +382,37 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "  curl -X PUT --data-binary 42 http://{router_http}/v1/kv/answer; curl http://{router_http}/v1/kv/answer"
     );
     println!("  ringkv cluster status;  ringkv shard list;  ringkv node list");
-    println!("Processes, addresses and logs: {}. Ctrl-C stops everything.", dir.join("playground.json").display());
+    println!("  ringkv playground scale-out --storenodes 1 --dir {}", dir.display());
+    println!("Processes, addresses and logs: {}. Ctrl-C stops everything.", file::path(dir).display());
 
     loop {
         tokio::select! {
             _ = super::shutdown_signal() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if let Some((p, st)) = children.exited() {
-                    eprintln!("{} {} exited ({st}); see {}. Not restarting it.", p.role, p.id, p.log.display());
+                    eprintln!("{} {} exited ({st}); see {}. Not restarting it.", p.role.name(), p.id, p.log.display());
                     children.0.retain(|(i, _)| i.pid != p.pid);
                 }
             }
         }
     }
     println!("stopping…");
-    tokio::task::spawn_blocking(move || children.stop(Duration::from_secs(10))).await?;
+    let dir = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        // Storenodes that scale-out added are not our children: their pids
+        // are in playground.json. They stop first, with the storenodes.
+        let own: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+        let added: Vec<ProcessInfo> = match file::read(&dir) {
+            Ok(all) => all.into_iter().filter(|p| !own.contains(&p.pid)).collect(),
+            Err(e) => {
+                eprintln!("cannot stop what scale-out added: {e:#}");
+                Vec::new()
+            }
+        };
+        procs::stop(&added, STOP_GRACE);
+        children.stop(STOP_GRACE);
+    })
+    .await?;
     Ok(())
 }
 
@@ -265,7 +422,7 @@ async fn wait_until_serving(children: &mut Children, router: &str, timeout: Dura
     let client = Client::connect([router]).await?.with_timeout(Duration::from_secs(2));
     loop {
         if let Some((p, st)) = children.exited() {
-            bail!("{} {} exited during start-up ({st}); see {}", p.role, p.id, p.log.display());
+            bail!("{} {} exited during start-up ({st}); see {}", p.role.name(), p.id, p.log.display());
         }
         let ok = client.put(b"playground:probe", b"ok").await.is_ok()
             && client.get(b"playground:probe").await.ok().flatten().as_deref() == Some(b"ok".as_slice());
@@ -281,4 +438,46 @@ async fn wait_until_serving(children: &mut Children, router: &str, timeout: Dura
 
 fn log_dir(children: &Children) -> &Path {
     children.0.first().and_then(|(i, _)| i.log.parent()).unwrap_or(Path::new("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start_args(port_base: Option<u16>) -> StartArgs {
+        StartArgs {
+            dir: PathBuf::from("d"),
+            storenodes: 3,
+            placement: 3,
+            shards: 16,
+            port_base,
+            ready_timeout_secs: 60,
+        }
+    }
+
+    #[test]
+    fn default_ports_avoid_etcd_and_port_base_packs_them() {
+        let w = wanted_ports(&start_args(None)).expect("ports");
+        assert_eq!(w.placement, vec![(6390, 6490), (6391, 6491), (6392, 6492)]);
+        assert_eq!(w.storenodes[0], (20160, 20260));
+        assert_eq!(w.router, (6380, 8080));
+        assert!(!w.all().any(|p| (2379..=2380).contains(&p)), "etcd's ports are left alone");
+        let w = wanted_ports(&start_args(Some(30000))).expect("ports");
+        let mut all: Vec<u16> = w.all().collect();
+        all.sort_unstable();
+        assert_eq!(all, (30000..30014).collect::<Vec<_>>());
+        assert!(wanted_ports(&start_args(Some(65530))).is_err());
+    }
+
+    #[test]
+    fn a_storenode_starts_with_the_same_flags_from_start_and_scale_out() {
+        let info = storenode_info(Path::new("/pg"), 4, 7000, 7001);
+        let args = storenode_args(&info, &["127.0.0.1:6390".into(), "127.0.0.1:6391".into()]).join(" ");
+        assert_eq!(
+            args,
+            "storenode --node-id 4 --listen 127.0.0.1:7000 --http 127.0.0.1:7001 --data-dir /pg/storenode-4 \
+             --placement 127.0.0.1:6390 --placement 127.0.0.1:6391"
+        );
+        assert_eq!(info.log, Path::new("/pg/logs/storenode-4.log"));
+    }
 }

@@ -23,7 +23,7 @@ pub struct Args {
     /// HTTP gateway address (/v1/kv/{key}, /metrics, /healthz). Default 127.0.0.1:8080.
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Placement members' gRPC addresses, comma-separated. Default 127.0.0.1:2379.
+    /// Placement members' gRPC addresses, comma-separated. Default 127.0.0.1:6390.
     #[arg(long = "placement", env = "RINGKV_PLACEMENT", value_delimiter = ',')]
     placement: Vec<String>,
     /// Deadline of a request that names none, in milliseconds. Default 5000.
@@ -45,7 +45,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     } else if !f.placement.is_empty() {
         f.placement
     } else {
-        vec!["127.0.0.1:2379".to_string()]
+        vec![super::defaults::PLACEMENT_ADDR.to_string()]
     };
     for p in &placement {
         p.parse::<SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
@@ -53,8 +53,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let timeout_ms = a.timeout_ms.or(f.timeout_ms).unwrap_or(5000);
     anyhow::ensure!(timeout_ms > 0, "--timeout-ms must be positive");
     let cfg = RouterConfig {
-        listen_addr: a.listen.or(f.listen).unwrap_or_else(|| ([127, 0, 0, 1], 6380).into()),
-        http_addr: Some(a.http.or(f.http).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into())),
+        listen_addr: a.listen.or(f.listen).unwrap_or_else(|| ([127, 0, 0, 1], super::defaults::ROUTER_PORT).into()),
+        http_addr: Some(
+            a.http.or(f.http).unwrap_or_else(|| ([127, 0, 0, 1], super::defaults::ROUTER_HTTP_PORT).into()),
+        ),
         placement,
         default_timeout: Duration::from_millis(timeout_ms),
         limits: Limits::default(),
