@@ -328,15 +328,21 @@ async fn bad_input_through_every_door_is_refused_and_nothing_written() {
     assert_eq!(c.get(b"{a}1").await.expect("get"), None);
     assert_eq!(c.get(b"k").await.expect("get"), None);
 
-    // Operators mark nodes draining and back; the state is replicated.
+    // Operators mark nodes for maintenance and back; the state is replicated.
+    // Draining one of only three nodes is refused (RF 3), nothing changed.
     let penv = [("RINGKV_PLACEMENT", cluster.placement[0].as_str())];
-    let (ok, out, err) = run_cli(&["node", "drain", "3", "-o", "json"], &penv);
-    assert!(ok && out.contains("\"draining\""), "{out}{err}");
+    let (ok, out, err) = run_cli(&["node", "maintenance", "3", "on", "-o", "json"], &penv);
+    assert!(ok && out.contains("\"maintenance\": true"), "{out}{err}");
     let (ok, out, _) = run_cli(&["node", "list", "-o", "json"], &penv);
     let nodes: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert!(ok && nodes.as_array().expect("nodes").iter().any(|n| n["id"] == 3 && n["state"] == "draining"));
-    let (ok, _, err) = run_cli(&["node", "undrain", "3"], &penv);
+    assert!(ok && nodes.as_array().expect("nodes").iter().any(|n| n["id"] == 3 && n["maintenance"] == true));
+    let (ok, _, err) = run_cli(&["node", "maintenance", "3", "off"], &penv);
     assert!(ok, "{err}");
+    let (ok, _, err) = run_cli(&["node", "drain", "3"], &penv);
+    assert!(!ok && err.contains("fewer than the replication factor"), "{err}");
+    let (ok, out, _) = run_cli(&["node", "list", "-o", "json"], &penv);
+    let nodes: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(ok && nodes.as_array().expect("nodes").iter().all(|n| n["state"] == "up" && n["maintenance"] == false));
     let (ok, _, err) = run_cli(&["node", "drain", "42"], &penv);
     assert!(!ok && err.contains("node 42 is not registered"), "{err}");
 

@@ -192,6 +192,20 @@ async fn a_dead_node_is_replaced_and_when_it_returns_its_stale_replicas_are_dele
     for i in 0..200u32 {
         client.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
     }
+    // Planned downtime: leaderships leave node 3, its replicas stay.
+    let penv = [("RINGKV_PLACEMENT", cluster.placement[0].as_str())];
+    let held = replicas_per_node(&shard_map(&pc).await.expect("map")).get(&3).copied();
+    let (ok, out, err) = run_cli(&["node", "maintenance", "3", "on"], &penv);
+    assert!(ok && out.contains("maintenance"), "{out}{err}");
+    eventually("no shard led by the node in maintenance", MOVE_TIMEOUT, || async {
+        let map = shard_map(&pc).await?;
+        map.shards.iter().all(|s| s.leader_node_id != 3 && s.leader_node_id != 0).then_some(())
+    })
+    .await;
+    assert_eq!(replicas_per_node(&shard_map(&pc).await.expect("map")).get(&3).copied(), held, "replicas stay");
+    let (ok, _, err) = run_cli(&["node", "maintenance", "3", "off"], &penv);
+    assert!(ok, "{err}");
+
     let victim = 2u64;
     let before = replicas_per_node(&shard_map(&pc).await.expect("map"));
     assert!(before.get(&victim).copied().unwrap_or(0) > 0);
@@ -204,6 +218,8 @@ async fn a_dead_node_is_replaced_and_when_it_returns_its_stale_replicas_are_dele
     })
     .await;
     println!("fully replicated again {:?} after kill -9 (down-after 3 s)", killed.elapsed());
+    let (_, out, _) = run_cli(&["node", "list"], &penv);
+    assert!(out.lines().any(|l| l.trim_start().starts_with("2 ") && l.contains("down")), "{out}");
     for i in 0..200u32 {
         assert_eq!(client.get(format!("k{i}").as_bytes()).await.expect("get").as_deref(), Some(&b"v"[..]));
     }

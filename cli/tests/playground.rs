@@ -1,8 +1,10 @@
 //! `ringkv playground` as a user runs it: it comes up and serves even when
 //! a port it wants is taken (and records the port it used instead), and
 //! `playground scale-out` adds a storenode that placement lists UP, that
-//! playground.json records, and that stopping the playground stops too.
-//! `scale-in`'s refusals stop nothing.
+//! playground.json records, and that stopping the playground stops too;
+//! the balancer gives it its share, and `scale-in` decommissions it (its
+//! replicas move off, it ends REMOVED) and stops it. `scale-in`'s refusals
+//! stop nothing.
 
 mod common;
 
@@ -303,6 +305,33 @@ fn scale_out_adds_a_storenode_that_stopping_the_playground_stops_too() {
     assert!(alive(sleeper.0.id()) && alive(pid), "nothing was stopped");
     assert!(pg.find("storenode", 99).is_some(), "playground.json unchanged");
 
+    // The balance is visible: node 4 gets its share of the 12 replicas.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, out, _) = run_cli(&["cluster", "status", "-o", "json"], &env);
+        let st: Value = serde_json::from_str(&out).unwrap_or_default();
+        let on4 = st["loads"].as_array().and_then(|l| l.iter().find(|l| l["node"] == 4)).map(|l| l["replicas"].clone());
+        if st["balanced"] == true && on4 == Some(3.into()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 4 never got its share: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // scale-in: decommission moves them off, the node ends REMOVED, its process stops.
+    let (ok, out, err) = run_cli(&["playground", "scale-in", "--node", "4", "--dir", &dir], &[]);
+    assert!(ok, "scale-in: {out}{err}");
+    assert!(wait_gone(pid, Duration::from_secs(15)), "scale-in stopped storenode 4 (pid {pid})");
+    assert!(pg.find("storenode", 4).is_none(), "storenode 4 dropped from playground.json");
+    let (_, nodes, _) = run_cli(&["node", "list", "-o", "json"], &env);
+    let nodes: Value = serde_json::from_str(&nodes).expect("JSON");
+    let node4 = nodes.as_array().and_then(|n| n.iter().find(|n| n["id"] == 4)).expect("node 4 listed");
+    assert_eq!(node4["state"], "removed", "{nodes}");
+
+    // Stopping the playground stops what scale-out added.
+    let (ok, out, err) = run_cli(&["playground", "scale-out", "--storenodes", "1", "--dir", &dir], &[]);
+    assert!(ok, "scale-out: {out}{err}");
+    let added = pg.find("storenode", 5).expect("storenode 5 recorded (ids are never reused)");
+    let pid = u32::try_from(added["pid"].as_u64().expect("pid")).expect("a pid");
     assert!(pg.stop().success(), "{}", pg.output());
     assert!(wait_gone(pid, Duration::from_secs(5)), "stopping the playground stopped the added storenode (pid {pid})");
     assert!(alive(sleeper.0.id()), "a recorded pid that is not a ringkv process of the playground is left alone");

@@ -34,6 +34,8 @@ pub struct RaftMetrics {
     pub raft_inbox_full: IntCounter,
     /// Snapshot events: generated, sent, send_failed, received, refused, applied.
     pub snapshots: IntCounterVec,
+    /// Bytes of snapshot files sent to peers (completed sends).
+    pub snapshot_bytes_sent: IntCounter,
     /// Replicas fenced off after a local failure (open, apply or snapshot install).
     pub replicas_failed: IntGauge,
     /// 1 if this replica leads its group.
@@ -105,6 +107,11 @@ impl RaftMetrics {
                 r,
                 IntCounterVec::new(Opts::new("ringkv_raft_snapshots_total", "Snapshots by event"), &["event"])
                     .expect("valid metric"),
+            ),
+            snapshot_bytes_sent: counter(
+                r,
+                "ringkv_raft_snapshot_bytes_sent_total",
+                "Bytes of snapshots sent to peers",
             ),
             replicas_failed: register(
                 r,

@@ -177,11 +177,15 @@ impl<S: StateMachine> Transport for GrpcTransport<S> {
 
     fn send_snapshot(&self, node_id: u64, to_replica: u64, msg: RaftMessage, path: PathBuf) {
         let (book, lh, limits) = (self.book.clone(), self.loop_handle.clone(), self.limits.clone());
+        let metrics = self.metrics.clone();
         let group_id = msg.group_id;
         self.rt.spawn(async move {
             let ok = match limits.sends.clone().acquire_owned().await {
                 Ok(_permit) => match send_snapshot_file(&book, node_id, msg, &path, &limits.send_rate).await {
-                    Ok(()) => true,
+                    Ok(bytes) => {
+                        metrics.snapshot_bytes_sent.inc_by(bytes);
+                        true
+                    }
                     Err(e) => {
                         tracing::warn!(group_id, node_id, "sending snapshot: {e}");
                         false
@@ -285,10 +289,11 @@ async fn send_snapshot_file(
     header: RaftMessage,
     path: &std::path::Path,
     rate: &RateLimiter,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
     let addr = book.get(node_id).ok_or("unknown node address")?;
     let mut client = RaftTransportClient::new(ringkv_common::net::connect(&addr).await?);
     let mut file = tokio::fs::File::open(path).await?;
+    let size = file.metadata().await?.len();
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
     let reader = async move {
         if tx.send(SnapshotChunk { header: Some(header), data: Vec::new() }).await.is_err() {
@@ -310,7 +315,7 @@ async fn send_snapshot_file(
     let (read, sent) = tokio::join!(reader, client.snapshot(ReceiverStream::new(rx)));
     read?;
     sent?;
-    Ok(())
+    Ok(size)
 }
 
 /// The inbound side: peers' Raft streams and snapshot uploads.

@@ -127,7 +127,11 @@ impl Drop for Procs {
 pub struct TestCluster {
     pub procs: Procs,
     pub placement: Vec<String>,
+    /// HTTP (/metrics) of each placement member.
+    pub placement_http: Vec<String>,
     pub storenodes: Vec<String>,
+    /// HTTP (/metrics) of each storenode.
+    pub storenode_http: Vec<String>,
     pub routers: Vec<String>,
     pub router_http: Vec<String>,
 }
@@ -137,7 +141,7 @@ impl TestCluster {
         let layout = Layout {
             dir: dir.to_path_buf(),
             placement: (0..placement).map(|_| free_addr()).collect(),
-            placement_http: vec![None; placement],
+            placement_http: (0..placement).map(|_| Some(free_addr())).collect(),
             storenodes: (0..storenodes).map(|_| (free_addr(), free_addr())).collect(),
             routers: (0..routers).map(|_| (free_addr(), free_addr())).collect(),
             shards,
@@ -157,7 +161,9 @@ impl TestCluster {
         TestCluster {
             procs,
             placement: layout.placement,
-            storenodes: layout.storenodes.into_iter().map(|(grpc, _)| grpc).collect(),
+            placement_http: layout.placement_http.into_iter().flatten().collect(),
+            storenodes: layout.storenodes.iter().map(|(grpc, _)| grpc.clone()).collect(),
+            storenode_http: layout.storenodes.into_iter().map(|(_, http)| http).collect(),
             routers: layout.routers.iter().map(|(grpc, _)| grpc.clone()).collect(),
             router_http: layout.routers.into_iter().map(|(_, http)| http).collect(),
         }

@@ -63,8 +63,11 @@ pub struct View<'a> {
     pub failed: &'a HashMap<(u64, u64), String>,
     /// The scheduler's settings.
     pub settings: &'a PlacementSettings,
-    /// Shards whose leadership moved recently (left alone for now).
-    pub leader_cooldown: &'a BTreeSet<u64>,
+    /// Shards whose leadership was handed over recently, to which node: left
+    /// alone for now, and counted as led by that node (placement learns the
+    /// new leader only from its next heartbeat; counting the old one would
+    /// move more leaders off the same node than it should).
+    pub leader_cooldown: &'a BTreeMap<u64, u64>,
 }
 
 /// A leadership to move: ask `from_node` (the leader) to hand shard
@@ -414,8 +417,11 @@ fn balance_candidate<'a>(
 fn leaders(view: &View<'_>) -> Vec<Transfer> {
     let mut out = Vec::new();
     let mut led: BTreeMap<u64, i64> = view.nodes.iter().filter(|(_, n)| n.can_lead()).map(|(id, _)| (*id, 0)).collect();
-    for info in view.state.shards.values() {
-        if let Some(c) = led.get_mut(&info.leader_node_id) {
+    let mut unknown = false;
+    for (id, info) in &view.state.shards {
+        let leader = view.leader_cooldown.get(id).copied().unwrap_or(info.leader_node_id);
+        unknown |= leader == 0;
+        if let Some(c) = led.get_mut(&leader) {
             *c += 1;
         }
     }
@@ -428,7 +434,7 @@ fn leaders(view: &View<'_>) -> Vec<Transfer> {
     };
     for info in view.state.shards.values() {
         let Some(d) = info.shard.as_ref() else { continue };
-        if view.leader_cooldown.contains(&d.id) || view.state.operator_on(d.id).is_some() {
+        if view.leader_cooldown.contains_key(&d.id) || view.state.operator_on(d.id).is_some() {
             continue;
         }
         let Some(leader) = view.nodes.get(&info.leader_node_id) else { continue };
@@ -441,7 +447,9 @@ fn leaders(view: &View<'_>) -> Vec<Transfer> {
             out.push(Transfer { shard_id: d.id, from_node: leader.node.id, to_node, to_replica, reason });
         }
     }
-    if !out.is_empty() {
+    // Balance only on a full picture: not while some shard's leader is
+    // unknown (an election, or a bootstrap whose leaders have not reported).
+    if !out.is_empty() || unknown {
         return out;
     }
     let (Some((&max_node, &max)), Some((&min_node, &min))) =
@@ -455,7 +463,7 @@ fn leaders(view: &View<'_>) -> Vec<Transfer> {
     for info in view.state.shards.values() {
         let Some(d) = info.shard.as_ref() else { continue };
         if info.leader_node_id != max_node
-            || view.leader_cooldown.contains(&d.id)
+            || view.leader_cooldown.contains_key(&d.id)
             || view.state.operator_on(d.id).is_some()
         {
             continue;
@@ -573,7 +581,7 @@ mod tests {
                 })
                 .collect();
             let failed = HashMap::new();
-            let cooldown = BTreeSet::new();
+            let cooldown = BTreeMap::new();
             let view =
                 View { state: &self.st, nodes, failed: &failed, settings: &self.settings, leader_cooldown: &cooldown };
             plan(&view, 0)
@@ -625,7 +633,7 @@ mod tests {
                 .filter(|n| n.state != NodeState::Removed as i32)
                 .map(|n| (n.id, NodeView { node: n.clone(), down_for: None }))
                 .collect();
-            let (failed, cooldown) = (HashMap::new(), BTreeSet::new());
+            let (failed, cooldown) = (HashMap::new(), BTreeMap::new());
             let view =
                 View { state: &self.st, nodes, failed: &failed, settings: &self.settings, leader_cooldown: &cooldown };
             measure(&view)

@@ -11,7 +11,7 @@
 pub mod checkers;
 pub mod driver;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +57,8 @@ struct Scheduler {
     driver: Arc<Driver>,
     /// Operators with a step being driven right now.
     driving: Arc<Mutex<HashSet<u64>>>,
-    leader_moved: HashMap<u64, Instant>,
+    /// Shard -> when its leadership was handed over, and to which node.
+    leader_moved: HashMap<u64, (Instant, u64)>,
     ticks: u32,
 }
 
@@ -142,7 +143,7 @@ pub fn node_views(svc: &PlacementService, st: &ClusterState) -> BTreeMap<u64, No
 }
 
 /// Plans a pass over `st` as this leader sees the nodes now.
-pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeSet<u64>) -> Plan {
+pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeMap<u64, u64>) -> Plan {
     let nodes = node_views(svc, st);
     let failed = svc.liveness.lock().failed.clone();
     let view = View { state: st, nodes, failed: &failed, settings: &svc.settings, leader_cooldown: cooldown };
@@ -189,8 +190,8 @@ impl Scheduler {
     }
 
     async fn plan_and_act(&mut self, st: &ClusterState) {
-        self.leader_moved.retain(|_, t| t.elapsed() < LEADER_COOLDOWN);
-        let cooldown: BTreeSet<u64> = self.leader_moved.keys().copied().collect();
+        self.leader_moved.retain(|_, (t, _)| t.elapsed() < LEADER_COOLDOWN);
+        let cooldown: BTreeMap<u64, u64> = self.leader_moved.iter().map(|(s, (_, to))| (*s, *to)).collect();
         let plan = plan(&self.svc, st, &cooldown);
         self.svc.scheduler.lock().blocked = plan.blocked.clone();
         for op in plan.operators {
@@ -210,7 +211,7 @@ impl Scheduler {
             }
         }
         for t in plan.transfers {
-            self.leader_moved.insert(t.shard_id, Instant::now());
+            self.leader_moved.insert(t.shard_id, (Instant::now(), t.to_node));
             match self.driver.transfer_leader(st, t.from_node, t.shard_id, t.to_replica).await {
                 Ok(()) => {
                     self.svc.metrics.leader_transfers.with_label_values(&[t.reason]).inc();
