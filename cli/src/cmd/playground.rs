@@ -33,7 +33,7 @@ use file::{ProcessInfo, Role};
 use ports::{Pick, Picker};
 
 /// Where a playground lives when no `--dir` is given (start, scale-out, scale-in).
-pub const DEFAULT_DIR: &str = "ringkv-playground";
+pub const DEFAULT_DIR: &str = "ringkv-data/playground";
 
 /// `ringkv playground [flags]` starts one; the subcommands change a running one.
 #[derive(clap::Args)]
