@@ -303,20 +303,11 @@ fn best_target(view: &View<'_>, ring: &Ring, load: &Load, d: &ShardDescriptor, l
     }
     let key = |n: &&NodeView| {
         let new_zone = n.node.zone.is_empty() || !zones.contains(n.node.zone.as_str());
-        let score = (load.replicas(n.node.id) + 1) as f64 / n.node.capacity.max(1) as f64;
-        (!new_zone, OrderedF64(score), !ring_pick.contains(&n.node.id), n.node.id)
+        // Replicas per unit of capacity, in millionths (an integer sorts).
+        let score = (load.replicas(n.node.id) + 1).max(0) as u64 * 1_000_000 / n.node.capacity.max(1);
+        (!new_zone, score, !ring_pick.contains(&n.node.id), n.node.id)
     };
     Ok(roomy.into_iter().min_by_key(key).map(|n| n.node.id).unwrap_or(0))
-}
-
-/// An f64 that sorts (scores are finite).
-#[derive(PartialEq, PartialOrd, Clone, Copy)]
-struct OrderedF64(f64);
-impl Eq for OrderedF64 {}
-impl Ord for OrderedF64 {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.partial_cmp(&o.0).unwrap_or(std::cmp::Ordering::Equal)
-    }
 }
 
 /// Replicas per unit of capacity.
@@ -730,7 +721,7 @@ mod tests {
 
     #[test]
     fn moves_keep_replicas_of_a_shard_in_distinct_zones() {
-        let nodes = vec![node(1, "a"), node(2, "b"), node(3, "c"), node(4, "c")];
+        let nodes = [node(1, "a"), node(2, "b"), node(3, "c"), node(4, "c")];
         let mut sim = Sim::new(cluster(&nodes[..3], 24));
         sim.st.nodes.insert(4, nodes[3].clone());
         sim.settle();

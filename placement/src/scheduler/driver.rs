@@ -271,11 +271,11 @@ impl Driver {
         }
         let mut changes = Vec::new();
         if adds && !to_voter {
-            let Some(mut r) = to.clone() else { return Err("the learner is not a member".into()) };
+            let Some(mut r) = *to else { return Err("the learner is not a member".into()) };
             r.role = ReplicaRole::Voter as i32;
             changes.push((ChangeKind::AddVoter, r));
         }
-        if let (true, Some(r)) = (removes, from.clone()) {
+        if let (true, Some(r)) = (removes, *from) {
             changes.push((ChangeKind::Remove, r));
         }
         self.change(st, leader_node, d, changes).await.map(Some)

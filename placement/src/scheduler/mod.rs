@@ -97,7 +97,7 @@ pub async fn run(svc: PlacementService, mut stop: watch::Receiver<bool>) {
         }
         s.drive_all(&st);
         s.ticks += 1;
-        if s.ticks % PLAN_EVERY == 0 {
+        if s.ticks.is_multiple_of(PLAN_EVERY) {
             s.plan_and_act(&st).await;
         }
     }
