@@ -148,14 +148,19 @@ fn command(info: &ProcessInfo, args: &[String]) -> anyhow::Result<Command> {
 
 /// A storenode of the playground in `dir`: its record (pid 0 until started).
 fn storenode_info(dir: &Path, id: u64, grpc: u16, http: u16) -> ProcessInfo {
+    process_info(dir, Role::Storenode, "storenode", id, grpc, http)
+}
+
+/// A child's record before it runs: its addresses, data dir and log.
+fn process_info(dir: &Path, role: Role, name: &str, id: u64, grpc: u16, http: u16) -> ProcessInfo {
     ProcessInfo {
-        role: Role::Storenode,
+        role,
         id,
         grpc: addr(grpc),
         http: addr(http),
         pid: 0,
-        data_dir: dir.join(format!("storenode-{id}")),
-        log: dir.join("logs").join(format!("storenode-{id}.log")),
+        data_dir: dir.join(format!("{name}-{id}")),
+        log: dir.join("logs").join(format!("{name}-{id}.log")),
     }
 }
 
@@ -289,15 +294,7 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     let mut children = Children(Vec::new());
     for (i, &(g, h)) in placement_ports.iter().enumerate() {
         let id = i as u64 + 1;
-        let pi = ProcessInfo {
-            role: Role::Placement,
-            id,
-            grpc: addr(g),
-            http: addr(h),
-            pid: 0,
-            data_dir: dir.join(format!("placement-{id}")),
-            log: dir.join("logs").join(format!("placement-{id}.log")),
-        };
+        let pi = process_info(dir, Role::Placement, "placement", id, g, h);
         let mut args = vec![
             "placement".into(),
             "--id".into(),
