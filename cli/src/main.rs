@@ -9,6 +9,17 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let cli = cmd::Cli::parse();
+    if !cli.command.is_server() {
+        // A client command piped into `head` ends quietly when the pipe
+        // closes, as Unix tools do, instead of panicking on the write.
+        // (Servers keep Rust's ignored SIGPIPE: a peer that hangs up must
+        // not kill them.)
+        // SAFETY: signal(2) with SIG_DFL has no memory-safety conditions;
+        // nothing in this process writes to a pipe or socket yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Servers log their life; client commands only what goes wrong.
     let default = if cli.command.is_server() { "info,raft=warn" } else { "warn" };
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default.into());
