@@ -168,6 +168,20 @@ async fn a_new_node_gets_an_id_and_its_share_and_decommission_moves_everything_o
     let log = std::fs::read_to_string(dir.path().join("impostor.log")).unwrap_or_default();
     assert!(log.contains("belongs to another storenode"), "{log}");
 
+    // A data dir made by another cluster refuses to start.
+    let data6 = dir.path().join("storenode-foreign");
+    std::fs::create_dir_all(&data6).expect("mkdir");
+    std::fs::write(data6.join("identity.toml"), "node_id = 0\ncluster_id = 12345\ninstance = \"f00\"\n")
+        .expect("identity");
+    cluster.procs.start("foreign", new_storenode_args(&cluster, &data6, None));
+    eventually("the foreign node to exit", START_TIMEOUT, || {
+        let running = cluster.procs.is_running("foreign");
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("foreign.log")).unwrap_or_default();
+    assert!(log.contains("belongs to cluster 12345"), "{log}");
+
     // Decommission: every replica moves off; the node ends REMOVED by itself.
     let (ok, out, err) = run_cli(&["node", "decommission", &new_id.to_string(), "--wait", "--stall-secs", "20"], &penv);
     assert!(ok && out.contains("is REMOVED"), "{out}{err}");

@@ -66,6 +66,9 @@ pub enum IdentityError {
     /// the id, another cluster, a removed node).
     #[error("placement refused this node: {0}")]
     Refused(String),
+    /// The data directory holds data but no identity, and no id was given.
+    #[error("the data directory {0} holds a node's data but no identity.toml (made by an older ringkv): start it once with --node-id of the node it belongs to")]
+    Unidentified(PathBuf),
     /// Placement answered with another cluster's id than the data's.
     #[error("the data directory belongs to cluster {stored}, but placement runs cluster {placement}: this node refuses to start")]
     WrongCluster {
@@ -135,6 +138,9 @@ pub async fn establish(
             id.node_id = id.node_id.max(configured_id);
             id
         }
+        // Data without an identity (an older version made it) must keep
+        // the id its replicas were created under: never a fresh one.
+        None if configured_id == 0 && dir.join("db").exists() => return Err(IdentityError::Unidentified(dir.into())),
         None => Identity::fresh(configured_id),
     };
     register.node_id = id.node_id;
@@ -199,6 +205,22 @@ mod tests {
         id.store(dir.path()).unwrap();
         assert_eq!(Identity::load(dir.path()).unwrap(), Some(id));
         assert_ne!(Identity::fresh(0).instance, Identity::fresh(0).instance, "instances are random");
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_of_another_node_or_without_identity_is_refused_before_placement_is_asked() {
+        let client = PlacementClient::new(vec!["127.0.0.1:1".into()]);
+        let req = RegisterNodeRequest::default;
+        let dir = tempfile::tempdir().unwrap();
+        Identity { node_id: 1001, cluster_id: 7, instance: "abc".into() }.store(dir.path()).unwrap();
+        let err = establish(dir.path(), 5, &client, req(), Duration::from_millis(1)).await.unwrap_err();
+        assert!(matches!(err, IdentityError::OtherNode { stored: 1001, configured: 5, .. }), "{err}");
+
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(old.path().join("db")).unwrap();
+        let err = establish(old.path(), 0, &client, req(), Duration::from_millis(1)).await.unwrap_err();
+        assert!(matches!(err, IdentityError::Unidentified(_)), "{err}");
+        assert!(Identity::load(old.path()).unwrap().is_none(), "nothing written");
     }
 
     #[test]

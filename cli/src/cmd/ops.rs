@@ -374,7 +374,11 @@ pub async fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            print(c.output, &rows, OPERATOR_HEADER, operator_table(&rows))?;
+            if rows.is_empty() {
+                println!("no operators in flight");
+            } else {
+                print(c.output, &rows, OPERATOR_HEADER, operator_table(&rows))?;
+            }
             for b in &r.blocked {
                 println!("shard {} cannot move now: {}", b.shard_id, b.reason);
             }
