@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ringkv_common::wire_error::WireError;
+use ringkv_common::wire_error::WireError;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::{GetRequest, PutRequest, ReadConsistency, RequestContext};
 use ringkv_proto::meta::{Replica, ReplicaRole};
@@ -236,17 +237,24 @@ async fn learner_added_promoted_and_voter_removed() {
     })
     .await;
     let new_id = shard.id * 1000 + 33;
-    let mut a3 = AdminClient::new(connect(&c.addr(3)).await.unwrap());
+    let a3 = AdminClient::new(connect(&c.addr(3)).await.unwrap());
     let mut empty = after.clone();
     empty.replicas.clear();
-    a3.create_replica(CreateReplicaRequest {
-        shard: Some(empty),
-        replica_id: new_id,
-        bootstrap: false,
-        campaign: false,
+    // The old replica's data is deleted on a worker thread after it leaves
+    // the status: until then a create is answered "retry".
+    eventually("an empty replica created on node 3", Duration::from_secs(10), || {
+        let (mut a3, empty) = (a3.clone(), empty.clone());
+        async move {
+            let req =
+                CreateReplicaRequest { shard: Some(empty), replica_id: new_id, bootstrap: false, campaign: false };
+            match a3.create_replica(req).await {
+                Ok(_) => Some(()),
+                Err(s) if matches!(WireError::from_status(&s), WireError::Retryable(_)) => None,
+                Err(s) => panic!("create empty replica: {s}"),
+            }
+        }
     })
-    .await
-    .expect("create empty replica");
+    .await;
     let after = admin
         .change_replicas(ChangeReplicasRequest {
             shard_id: shard.id,
