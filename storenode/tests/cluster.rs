@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use ringkv_common::wire_error::WireError;
-use ringkv_common::wire_error::WireError;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::{GetRequest, PutRequest, ReadConsistency, RequestContext};
 use ringkv_proto::meta::{Replica, ReplicaRole};
