@@ -91,7 +91,7 @@ impl Driver {
         let mut last = format!("no replica of shard {shard_id} answered");
         let mut tried = Vec::new();
         for node in nodes.into_iter().filter(|n| *n != 0) {
-            if tried.contains(&node) || st.nodes.get(&node).is_none_or(|n| n.state == NodeState::Removed as i32) {
+            if tried.contains(&node) || node_down(st, node) {
                 continue;
             }
             tried.push(node);
@@ -372,7 +372,6 @@ fn rolled_back(op: &Operator) -> OperatorOutcome {
 }
 
 fn node_down(st: &ClusterState, node: u64) -> bool {
-    // The stored state does not know DOWN (observed only); the caller's
-    // error is the evidence. A REMOVED or unknown node is down for good.
-    st.nodes.get(&node).is_none_or(|n| n.state == NodeState::Removed as i32)
+    // The scheduler hands the driver the observed states: DOWN when silent.
+    st.nodes.get(&node).is_none_or(|n| n.state == NodeState::Removed as i32 || n.state == NodeState::Down as i32)
 }

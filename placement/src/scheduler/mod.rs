@@ -176,6 +176,18 @@ pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeMap<u64, 
 impl Scheduler {
     /// Starts one step of every operator not already being driven.
     fn drive_all(&self, st: &ClusterState) {
+        if st.operators.is_empty() {
+            return;
+        }
+        // The driver sees nodes as observed (DOWN when silent): it does not
+        // wait for a dead node to delete a replica it no longer serves.
+        let mut st = st.clone();
+        for (id, v) in node_views(&self.svc, &st) {
+            if let Some(n) = st.nodes.get_mut(&id) {
+                n.state = v.node.state;
+            }
+        }
+        let st = &st;
         for op in st.operators.values() {
             if !self.driving.lock().insert(op.id) {
                 continue;
