@@ -87,8 +87,8 @@ impl Default for PlacementSettings {
             maintenance_down_after: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(5),
             max_operators: 16,
-            max_operators_per_node: 4,
-            max_snapshots_per_node: 2,
+            max_operators_per_node: 2,
+            max_snapshots_per_node: 1,
             operator_step_timeout: Duration::from_secs(60),
             catch_up_timeout: Duration::from_secs(10 * 60),
         }

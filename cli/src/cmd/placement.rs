@@ -51,10 +51,10 @@ pub struct Args {
     /// Replica moves (operators) in flight in the cluster. Default 16.
     #[arg(long)]
     max_operators: Option<usize>,
-    /// Moves in flight into or out of one storenode. Default 4.
+    /// Moves in flight into or out of one storenode. Default 2.
     #[arg(long)]
     max_operators_per_node: Option<usize>,
-    /// New replicas catching up (receiving a snapshot) on one storenode. Default 2.
+    /// New replicas catching up (receiving a snapshot) on one storenode. Default 1.
     #[arg(long)]
     max_snapshots_per_node: Option<usize>,
     /// Seconds a new replica may take to catch up before its move rolls back. Default 600.
