@@ -234,9 +234,10 @@ async fn a_dead_node_is_replaced_and_when_it_returns_its_stale_replicas_are_dele
     println!("fully replicated again {:?} after kill -9 (down-after 3 s)", killed.elapsed());
     let (_, out, _) = run_cli(&["node", "list"], &penv);
     assert!(out.lines().any(|l| l.trim_start().starts_with("2 ") && l.contains("down")), "{out}");
-    // The repairs finish without waiting on the dead node (well inside the
-    // 60 s step timeout): it deletes its old replicas when it returns.
-    eventually("the repair operators to finish", Duration::from_secs(30), || async {
+    // The repairs finish without waiting on the dead node (inside the 60 s
+    // step timeout they would otherwise wait out): it deletes its old
+    // replicas when it returns.
+    eventually("the repair operators to finish", Duration::from_secs(50), || async {
         let ops = pc
             .call(Duration::from_secs(3), |mut c| async move { c.list_operators(ListOperatorsRequest {}).await })
             .await
