@@ -231,7 +231,8 @@ pub async fn scale_in(a: ScaleInArgs) -> anyhow::Result<()> {
         println!("storenode {id} is already removed in placement");
     } else {
         pc.call(CALL_TIMEOUT, |mut c| async move {
-            c.set_node_state(SetNodeStateRequest { node_id: id, state: NodeState::Draining as i32, dry_run: false }).await
+            c.set_node_state(SetNodeStateRequest { node_id: id, state: NodeState::Draining as i32, dry_run: false })
+                .await
         })
         .await
         .map_err(|s| {
