@@ -37,6 +37,8 @@ use crate::nemesis::Fault;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a fault looks again at what it waits for.
 const POLL: Duration = Duration::from_millis(500);
+/// How often a refused request is asked again.
+const RETRY: Duration = Duration::from_secs(1);
 /// How long the clean-up after a fault may keep trying (recommission).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -191,6 +193,18 @@ impl Admin {
         if shards.is_empty() {
             return Effect { targets: vec![], outcome: Outcome::new("no shard map", "no shards yet") };
         }
+        // A shard with an operator in flight refuses another: choose among
+        // the others while there are any (the balancer is busy after a
+        // node joins or leaves), so that most asks make a move.
+        if let Ok(ops) =
+            self.pc.call(CALL_TIMEOUT, |mut c| async move { c.list_operators(ListOperatorsRequest {}).await }).await
+        {
+            let idle: Vec<_> =
+                shards.iter().filter(|d| !ops.operators.iter().any(|o| o.shard_id == d.id)).cloned().collect();
+            if !idle.is_empty() {
+                shards = idle;
+            }
+        }
         let d = &shards[choose(&f.picks, 0, shards.len())];
         let mut holders: Vec<u64> = d.replicas.iter().map(|r| r.node_id).collect();
         holders.sort_unstable();
@@ -263,9 +277,16 @@ impl Admin {
         let Some(node) = node else {
             return Effect { targets: vec![i], outcome: Outcome::new("not registered yet", "no node id yet") };
         };
-        if let Err(e) = self.set_state(node, NodeState::Draining, CALL_TIMEOUT).await {
-            let detail = format!("node {node}: {}", status_text(&e));
-            return Effect { targets: vec![i], outcome: Outcome::new("refused", detail) };
+        // Asked again while refused (too few nodes UP while another is
+        // down, placement unreachable), for up to half the fault.
+        let ask_until = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
+        loop {
+            let Err(e) = self.set_state(node, NodeState::Draining, CALL_TIMEOUT).await else { break };
+            if Instant::now() + RETRY >= ask_until {
+                let detail = format!("node {node}: {}", status_text(&e));
+                return Effect { targets: vec![i], outcome: Outcome::new("refused", detail) };
+            }
+            tokio::time::sleep(RETRY).await;
         }
         println!("           decommission: node {node} draining");
         if self.wait_removed(node, deadline).await {
@@ -355,11 +376,11 @@ impl Admin {
                     Err(e) => last_refusal = format!("node {node}: {}", status_text(&e)),
                 }
             }
-            if Instant::now() + Duration::from_secs(1) >= deadline {
+            if Instant::now() + RETRY >= deadline {
                 let detail = format!("{added}; decommission refused: {last_refusal}");
                 return Effect { targets: vec![new], outcome: Outcome::new("added, none removed", detail) };
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(RETRY).await;
         }
     }
 
@@ -418,6 +439,69 @@ impl Admin {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+impl Admin {
+    /// Replicas a storenode member still hosts that placement's shard map
+    /// does not give it (a shard that moved on without it, while it was
+    /// down or cut off): placement tells the node to delete them, so once
+    /// the cluster is quiet there should be none. Polls until there are
+    /// none or `timeout`; returns those left, as "node N: shard S replica R"
+    /// (an unreachable node is listed as such).
+    pub async fn stale_replicas(&self, cluster: &Mutex<Cluster>, timeout: Duration) -> Vec<String> {
+        let until = Instant::now() + timeout;
+        loop {
+            let stale = self.stale_replicas_now(cluster).await;
+            if stale.is_empty() || Instant::now() + POLL * 2 >= until {
+                return stale;
+            }
+            tokio::time::sleep(POLL * 2).await;
+        }
+    }
+
+    async fn stale_replicas_now(&self, cluster: &Mutex<Cluster>) -> Vec<String> {
+        let map = match self.shard_map().await {
+            Ok(m) => m,
+            Err(e) => return vec![format!("no shard map: {}", status_text(&e))],
+        };
+        let assigned: std::collections::BTreeSet<(u64, u64, u64)> = map
+            .shards
+            .iter()
+            .filter_map(|s| s.shard.as_ref())
+            .flat_map(|d| d.replicas.iter().map(move |r| (r.node_id, d.id, r.replica_id)))
+            .collect();
+        let nodes: Vec<(u64, String)> = {
+            let mut c = lock(cluster);
+            c.storenode_members()
+                .into_iter()
+                .filter_map(|i| Some((c.node_id(i)?, format!("{}:20160", c.procs[i].ip))))
+                .collect()
+        };
+        let mut stale = Vec::new();
+        for (node, addr) in nodes {
+            // REMOVED nodes are stopped; any other node of placement's counts.
+            let known = map.nodes.iter().any(|n| n.id == node && n.state != NodeState::Removed as i32);
+            if !known {
+                continue;
+            }
+            match admin_call(
+                &addr,
+                |mut c| async move { c.shard_status(ShardStatusRequest { shard_ids: vec![] }).await },
+            )
+            .await
+            {
+                Ok(st) => stale.extend(
+                    st.replicas
+                        .iter()
+                        .filter_map(|r| Some((r.shard.as_ref()?.id, r.replica_id)))
+                        .filter(|&(shard, replica)| !assigned.contains(&(node, shard, replica)))
+                        .map(|(shard, replica)| format!("node {node}: shard {shard} replica {replica}")),
+                ),
+                Err(e) => stale.push(format!("node {node}: {e}")),
+            }
+        }
+        stale
     }
 }
 

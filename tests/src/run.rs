@@ -67,6 +67,10 @@ pub struct Summary {
     pub undecided_keys: usize,
     pub set: SetReportCounts,
     pub acknowledged_writes_lost: usize,
+    /// Replicas storenodes still hosted after the run that placement's map
+    /// no longer gives them (should be deleted on placement's word), after
+    /// up to [`STALE_REPLICA_TIMEOUT`]; or storenodes that did not answer.
+    pub stale_replicas_left: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -297,6 +301,10 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     }
     wait_serving(Duration::from_secs(60)).await?;
     let final_reads = read_sets_back(Duration::from_millis(run_ms), Duration::from_secs(60)).await?;
+    let stale_replicas = admin.stale_replicas(&cluster, STALE_REPLICA_TIMEOUT).await;
+    for s in &stale_replicas {
+        println!("  stale replica left: {s}");
+    }
     cluster.lock().expect("not poisoned").stop_all();
 
     let history = History {
@@ -321,7 +329,8 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         std::fs::write(o.out.join("violations.json"), serde_json::to_string_pretty(&v)?)?;
     }
     let ok_writes = std::mem::take(&mut *rec.ok_writes.lock().expect("not poisoned"));
-    let summary = summarize(&o, run_ms, registers, sets, &reg, &set, &applied, ok_writes);
+    let mut summary = summarize(&o, run_ms, registers, sets, &reg, &set, &applied, ok_writes);
+    summary.stale_replicas_left = stale_replicas.len();
     std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     print_summary(&summary);
     println!("  re-check the history on its own: ringkv chaos check {}", history_file.display());
@@ -388,6 +397,10 @@ fn summarize(
 /// by default in `ringkv chaos check`.
 pub const KEY_BUDGET: Duration = Duration::from_secs(60);
 
+/// How long after the run storenodes get to delete replicas placement no
+/// longer gives them.
+pub const STALE_REPLICA_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long after a fault heals an outage still counts against that fault.
 pub const RECOVERY_WINDOW: Duration = Duration::from_secs(5);
 
@@ -427,6 +440,7 @@ pub fn print_summary(s: &Summary) {
     println!("  {:<34} {:>10}", "register operations checked", s.register_ops_checked);
     println!("  {:<34} {:>10}", "register keys undecided", s.undecided_keys);
     println!("  {:<34} {:>10}", "set elements acknowledged", s.set.acknowledged);
+    println!("  {:<34} {:>10}", "stale replicas left after the run", s.stale_replicas_left);
     println!("  {:<34} {:>10}", "anomalies (must be 0)", s.anomalies);
     println!("  {:<34} {:>10}", "acknowledged writes lost (must be 0)", s.acknowledged_writes_lost);
 }
