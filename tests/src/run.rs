@@ -432,8 +432,9 @@ pub fn print_summary(s: &Summary) {
     for (k, v) in &s.faults_by_kind {
         println!("  {k:<34} {v:>10} {:>20}ms", s.longest_unavailable_ms.get(k).copied().unwrap_or(0));
         if let Some(outcomes) = s.fault_outcomes.get(k) {
-            let list: Vec<String> = outcomes.iter().map(|(label, n)| format!("{label} {n}")).collect();
-            println!("      {}", list.join(", "));
+            // Labels may hold commas ("added, one removed").
+            let list: Vec<String> = outcomes.iter().map(|(label, n)| format!("{label}: {n}")).collect();
+            println!("      {}", list.join("; "));
         }
     }
     println!("  {:<34} {:>9.1}%", "availability (seconds with a write)", s.availability * 100.0);
