@@ -264,9 +264,10 @@ impl Admin {
         Effect { targets, outcome: Outcome::new(label, format!("operator {op}, {what}: {how}")) }
     }
 
-    /// `decommission`: DRAINING for a chosen storenode; at the end, if
-    /// placement has not REMOVED it, UP again. A removed one is replaced by
-    /// a new storenode (in [`Admin::run`]'s reconcile).
+    /// `decommission`: DRAINING for a chosen storenode; at the end (one in
+    /// three: after 0.5-2.5 s), if placement has not REMOVED it, UP again.
+    /// A removed one is replaced by a new storenode (in [`Admin::run`]'s
+    /// reconcile).
     pub async fn decommission(&self, cluster: &Mutex<Cluster>, f: &Fault, deadline: Instant) -> Effect {
         let (i, node) = {
             let mut c = lock(cluster);
@@ -280,20 +281,31 @@ impl Admin {
         // Asked again while refused (too few nodes UP while another is
         // down, placement unreachable), for up to half the fault.
         let ask_until = Instant::now() + deadline.saturating_duration_since(Instant::now()) / 2;
-        loop {
-            let Err(e) = self.set_state(node, NodeState::Draining, CALL_TIMEOUT).await else { break };
+        let asked = loop {
+            let Err(e) = self.set_state(node, NodeState::Draining, CALL_TIMEOUT).await else { break Instant::now() };
             if Instant::now() + RETRY >= ask_until {
                 let detail = format!("node {node}: {}", status_text(&e));
                 return Effect { targets: vec![i], outcome: Outcome::new("refused", detail) };
             }
             tokio::time::sleep(RETRY).await;
-        }
-        println!("           decommission: node {node} draining");
-        if self.wait_removed(node, deadline).await {
+        };
+        // A drain takes seconds: one in three is called off while its
+        // replicas are still moving, after 0.5-2.5 s.
+        let early = choose(&f.picks, 1, 3) == 0;
+        let hold = if early {
+            let ms = 500 + f.picks.get(2).map_or(0, |p| p % 2_000);
+            deadline.min(Instant::now() + Duration::from_millis(ms))
+        } else {
+            deadline
+        };
+        println!("           decommission: node {node} draining{}", if early { " (to be called off)" } else { "" });
+        if self.wait_removed(node, hold).await {
             return Effect { targets: vec![i], outcome: Outcome::new("removed", format!("node {node} removed")) };
         }
+        let held = format!("{:.1}s", hold.saturating_duration_since(asked).as_secs_f64());
         let outcome = match self.recommission(node).await {
-            Ok(()) => Outcome::new("recommissioned", format!("node {node} draining, then UP again")),
+            Ok(()) if early => Outcome::new("called off", format!("node {node} draining for {held}, then UP again")),
+            Ok(()) => Outcome::new("recommissioned", format!("node {node} draining for {held}, then UP again")),
             // Emptied between the last look and the recommission.
             Err(_) if self.is_removed(node).await == Some(true) => {
                 Outcome::new("removed", format!("node {node} removed at the end"))
