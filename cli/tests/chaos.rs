@@ -1,6 +1,8 @@
 //! The short fault-injection run on every `make test`: a 3-placement,
 //! 5-storenode, 2-router cluster in a network namespace of its own, 16
-//! clients, every kind of fault, then the linearizability and set checks —
+//! clients, every kind of fault mixed — partitions, kills, pauses and
+//! membership changes (replica moves, decommissions, new storenodes,
+//! leadership transfers) — then the linearizability and set checks —
 //! which must find nothing. And the proof that the checker can fail: with
 //! the storenode's deliberate stale-read bug on and partitions as the only
 //! fault, it must find an anomaly.
@@ -64,6 +66,12 @@ fn short_chaos_run_finds_no_anomaly() {
     assert_eq!(summary["undecided_keys"], 0, "every key's history was checked");
     assert!(summary["register_ops_checked"].as_u64().unwrap_or(0) > 500, "{summary}");
     assert!(summary["faults_by_kind"].as_object().is_some_and(|f| f.len() >= 4), "several kinds of fault: {summary}");
+    // Every short run has a fault of each class, membership included.
+    let membership = ["MoveReplica", "Decommission", "AddStorenode", "TransferLeader"];
+    assert!(
+        summary["fault_outcomes"].as_object().is_some_and(|o| membership.iter().any(|k| o.contains_key(*k))),
+        "a membership fault ran: {summary}"
+    );
     // The history the run wrote says the same when checked on its own.
     let (code, text) = recheck(dir.path());
     assert_eq!(code, 0, "chaos check of the run's history:\n{text}");

@@ -3,7 +3,7 @@
 //! fault-injection cluster (fixed loopback addresses in a namespace) and the
 //! `cli/tests` clusters (free ports on 127.0.0.1).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Every address of a cluster: placement members, storenodes, routers.
 pub struct Layout {
@@ -55,17 +55,32 @@ impl Layout {
         args
     }
 
-    /// Arguments of storenode `i` (0-based).
+    /// Arguments of storenode `i` (0-based), node id `i + 1`.
     pub fn storenode_args(&self, i: usize) -> Vec<String> {
         let (grpc, http) = &self.storenodes[i];
+        let data_dir = self.dir.join(format!("storenode-{}", i + 1));
         let mut args = vec!["storenode".to_string()];
-        args.extend(flags(&[
-            ("--node-id", (i + 1).to_string()),
-            ("--listen", grpc.clone()),
-            ("--http", http.clone()),
-            ("--data-dir", self.dir.join(format!("storenode-{}", i + 1)).display().to_string()),
+        args.extend(flags(&[("--node-id", (i + 1).to_string())]));
+        args.extend(self.storenode_common_args(grpc, http, &data_dir));
+        args
+    }
+
+    /// Arguments of a storenode that joins later, at `grpc`/`http` with a
+    /// new `data_dir`: no `--node-id`, so placement allocates one (kept in
+    /// the data dir, so that a restart keeps it).
+    pub fn new_storenode_args(&self, grpc: &str, http: &str, data_dir: &Path) -> Vec<String> {
+        let mut args = vec!["storenode".to_string()];
+        args.extend(self.storenode_common_args(grpc, http, data_dir));
+        args
+    }
+
+    fn storenode_common_args(&self, grpc: &str, http: &str, data_dir: &Path) -> Vec<String> {
+        let mut args = flags(&[
+            ("--listen", grpc.to_string()),
+            ("--http", http.to_string()),
+            ("--data-dir", data_dir.display().to_string()),
             ("--raft-tick-ms", RAFT_TICK_MS.into()),
-        ]));
+        ]);
         for p in &self.placement {
             args.extend(flags(&[("--placement", p.clone())]));
         }
@@ -112,6 +127,11 @@ mod tests {
         assert!(
             s.contains("--node-id 1 --listen s:1 --http s:2") && s.ends_with("--placement a:1 --placement b:1"),
             "{s}"
+        );
+        let n = l.new_storenode_args("s:3", "s:4", Path::new("/d/storenode-9")).join(" ");
+        assert!(
+            n.starts_with("storenode --listen s:3 --http s:4 --data-dir /d/storenode-9") && !n.contains("--node-id"),
+            "{n}"
         );
         assert_eq!(l.router_args(0).join(" "), "router --listen r:1 --http r:2 --placement a:1,b:1 --timeout-ms 2000");
     }

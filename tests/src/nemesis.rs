@@ -1,20 +1,27 @@
 //! The fault schedule: generated up front from the seed, so the same seed
 //! replays the same faults (kinds, targets, timings). Targets that depend on
-//! the cluster's state at the time (the leader of a shard) are resolved when
-//! the fault fires and logged.
+//! the cluster's state at the time (the leader of a shard, the storenodes
+//! that are members, a shard's replicas) are resolved when the fault fires,
+//! from numbers drawn here, and logged.
 //!
-//! A run of [`ALONE_PHASE_MIN`] or longer with several kinds first uses each
-//! kind alone, in one block apiece over a third of the run, then mixes them
-//! at random. In the mixed part a network fault may get a companion process
-//! fault (a kill or pause inside the partition), as Jepsen's composed
-//! nemeses do. Invariant: at most one network fault and one process fault at
-//! a time (healing a partition flushes every rule).
+//! Faults come in three classes: network (partitions), process (kills and
+//! pauses) and membership (replica moves, decommissions, new storenodes,
+//! leadership transfers, asked of placement and storenodes as an operator
+//! would). A run of [`ALONE_PHASE_MIN`] or longer with several kinds first
+//! uses each kind alone, in one block apiece over a third of the run, then
+//! mixes them at random; a shorter run mixes from the start, its first
+//! faults one of each class present so that even a short run sees every
+//! class. In the mixed part a network fault may get a companion process
+//! fault, and a membership fault a companion network or process fault,
+//! inside it, as Jepsen's composed nemeses do. Invariant: at most one fault
+//! of each class at a time (healing a partition flushes every rule; two
+//! membership changes at once would undo each other's bookkeeping).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::cluster::{PLACEMENT, ROUTERS, STORENODES};
+use crate::cluster::{PLACEMENT, ROUTERS, STORENODES, STORENODE_SLOTS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Kind {
@@ -32,10 +39,42 @@ pub enum Kind {
     OneWay,
     /// kill -9 the storenode leading a chosen shard.
     KillShardLeader,
+    /// Ask placement to move a replica of a shard to a node without one.
+    MoveReplica,
+    /// Decommission a storenode; recommission it at the end unless it was
+    /// removed, in which case a new storenode takes its place.
+    Decommission,
+    /// Start a new storenode (placement balances replicas onto it), then
+    /// decommission one so that the cluster returns to its size.
+    AddStorenode,
+    /// Ask a shard's leader to hand leadership to another voter.
+    TransferLeader,
 }
 
-pub const ALL: [Kind; 7] =
-    [Kind::Kill, Kind::Pause, Kind::Isolate, Kind::Halves, Kind::Bridge, Kind::OneWay, Kind::KillShardLeader];
+pub const ALL: [Kind; 11] = [
+    Kind::Kill,
+    Kind::Pause,
+    Kind::Isolate,
+    Kind::Halves,
+    Kind::Bridge,
+    Kind::OneWay,
+    Kind::KillShardLeader,
+    Kind::MoveReplica,
+    Kind::Decommission,
+    Kind::AddStorenode,
+    Kind::TransferLeader,
+];
+
+/// What a fault acts on; faults of one class never overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Class {
+    /// iptables rules between processes.
+    Network,
+    /// Signals to one process.
+    Process,
+    /// Membership and leadership changes through the admin APIs.
+    Membership,
+}
 
 impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
@@ -47,9 +86,52 @@ impl Kind {
             "bridge" => Kind::Bridge,
             "one-way" => Kind::OneWay,
             "kill-shard-leader" => Kind::KillShardLeader,
+            "move-replica" => Kind::MoveReplica,
+            "decommission" => Kind::Decommission,
+            "add-storenode" => Kind::AddStorenode,
+            "transfer-leader" => Kind::TransferLeader,
             _ => return None,
         })
     }
+
+    pub fn class(self) -> Class {
+        match self {
+            Kind::Isolate | Kind::Halves | Kind::Bridge | Kind::OneWay => Class::Network,
+            Kind::Kill | Kind::Pause | Kind::KillShardLeader => Class::Process,
+            Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => Class::Membership,
+        }
+    }
+
+    /// Partitions (iptables) as opposed to faults of one process.
+    pub fn is_network(self) -> bool {
+        self.class() == Class::Network
+    }
+
+    /// Duration range (ms). Membership faults last longer: a replica move
+    /// takes seconds (a learner, its snapshot, a joint change), and a
+    /// decommission only ends in a removal when the node's every replica
+    /// has moved off in time.
+    fn durations(self) -> std::ops::Range<u64> {
+        match self {
+            Kind::MoveReplica => 4_000..15_000,
+            Kind::Decommission => 6_000..20_000,
+            Kind::AddStorenode => 10_000..25_000,
+            _ => 1_500..6_000,
+        }
+    }
+}
+
+/// One process, as the schedule names it: storenodes by their rank among
+/// the storenodes that are members when the fault fires (membership faults
+/// change which ones those are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Target {
+    /// Placement member `i` (0-based).
+    Placement(usize),
+    /// The `k`th storenode member in slot order (modulo their number).
+    Storenode(usize),
+    /// Router `i` (0-based).
+    Router(usize),
 }
 
 /// One planned fault: start `at_ms` after the run starts, last `duration_ms`.
@@ -58,30 +140,23 @@ pub struct Fault {
     pub at_ms: u64,
     pub kind: Kind,
     pub duration_ms: u64,
-    /// Process indices (see `Cluster::procs`): the target(s), or one side.
-    pub targets: Vec<usize>,
-    /// For partitions: the other side; for shard-leader kills: the shard's index.
-    pub other: Vec<usize>,
+    /// The target(s), or for partitions the minority side.
+    pub targets: Vec<Target>,
+    /// For partitions: the majority side.
+    pub other: Vec<Target>,
+    /// Numbers that choose among what exists when the fault fires (shards,
+    /// replicas, nodes, storenode members): choice `n` is `picks[n]`
+    /// modulo the number of candidates, in a stable order.
+    pub picks: Vec<u64>,
 }
 
-/// Indices into `Cluster::procs` by role.
-pub fn placement_procs() -> Vec<usize> {
-    (0..PLACEMENT).collect()
-}
-
-pub fn storenode_procs() -> Vec<usize> {
-    (PLACEMENT..PLACEMENT + STORENODES).collect()
-}
-
-pub fn all_procs() -> Vec<usize> {
-    (0..PLACEMENT + STORENODES + ROUTERS).collect()
-}
-
-impl Kind {
-    /// Partitions (iptables) as opposed to faults of one process.
-    pub fn is_network(self) -> bool {
-        matches!(self, Kind::Isolate | Kind::Halves | Kind::Bridge | Kind::OneWay)
-    }
+/// Every process as the schedule may name it.
+pub fn all_targets() -> Vec<Target> {
+    (0..PLACEMENT)
+        .map(Target::Placement)
+        .chain((0..STORENODES).map(Target::Storenode))
+        .chain((0..ROUTERS).map(Target::Router))
+        .collect()
 }
 
 /// Runs at least this long use each kind alone first.
@@ -98,28 +173,51 @@ pub fn schedule(seed: u64, duration_ms: u64, kinds: &[Kind]) -> Vec<Fault> {
     // Let the cluster serve a little before the first fault; end with a quiet tail.
     let mut t = 3_000u64;
     let end = duration_ms.saturating_sub(8_000);
+    // Every fault ends by then (short faults started before `end` do anyway).
+    let last_end = end + 6_000;
     if duration_ms >= ALONE_PHASE_MIN && kinds.len() > 1 {
         let block = duration_ms / 3 / kinds.len() as u64;
         for (i, &kind) in kinds.iter().enumerate() {
             let block_end = 3_000 + block * (i as u64 + 1);
             while t + 6_000 < block_end {
-                let f = fault(&mut rng, kind, t);
+                let f = fault(&mut rng, kind, t, block_end);
                 t += f.duration_ms + rng.gen_range(1_000..4_000);
                 out.push(f);
             }
         }
     }
-    let process_kinds: Vec<Kind> = kinds.iter().copied().filter(|k| matches!(k, Kind::Kill | Kind::Pause)).collect();
+    let of_class = |c: Class| kinds.iter().copied().filter(|k| k.class() == c).collect::<Vec<Kind>>();
+    let (process_kinds, network_kinds) = (of_class(Class::Process), of_class(Class::Network));
+    let companions_of = |main: Kind| -> Vec<Kind> {
+        match main.class() {
+            Class::Network => process_kinds.clone(),
+            Class::Membership => process_kinds.iter().chain(&network_kinds).copied().collect(),
+            Class::Process => Vec::new(),
+        }
+    };
+    // The first mixed faults: one of each class present, in a seeded order.
+    let mut first: Vec<Class> =
+        [Class::Network, Class::Process, Class::Membership].into_iter().filter(|&c| !of_class(c).is_empty()).collect();
+    shuffle(&mut rng, &mut first);
     while t < end {
-        let kind = kinds[rng.gen_range(0..kinds.len())];
-        let main = fault(&mut rng, kind, t);
+        let kind = match first.pop() {
+            Some(c) => {
+                let of = of_class(c);
+                of[rng.gen_range(0..of.len())]
+            }
+            None => kinds[rng.gen_range(0..kinds.len())],
+        };
+        let main = fault(&mut rng, kind, t, last_end);
         t += main.duration_ms + rng.gen_range(1_000..4_000);
-        // One network fault in three gets a process fault inside it.
-        let companion = (main.kind.is_network() && !process_kinds.is_empty() && rng.gen_ratio(1, 3)).then(|| {
+        // One network fault in three, and one membership fault in two, gets
+        // a fault of another class inside it.
+        let chances = if kind.is_network() { (1, 3) } else { (1, 2) };
+        let inner = companions_of(kind);
+        let companion = (!inner.is_empty() && rng.gen_ratio(chances.0, chances.1)).then(|| {
             let offset = rng.gen_range(0..main.duration_ms / 2);
-            let kind = process_kinds[rng.gen_range(0..process_kinds.len())];
-            let mut c = fault(&mut rng, kind, main.at_ms + offset);
-            c.duration_ms = rng.gen_range(500..=main.duration_ms - offset);
+            let kind = inner[rng.gen_range(0..inner.len())];
+            let mut c = fault(&mut rng, kind, main.at_ms + offset, last_end);
+            c.duration_ms = rng.gen_range(500..=(main.duration_ms - offset).min(6_000));
             c
         });
         out.push(main);
@@ -129,31 +227,40 @@ pub fn schedule(seed: u64, duration_ms: u64, kinds: &[Kind]) -> Vec<Fault> {
     out
 }
 
-/// One fault of `kind` starting at `at_ms`, its targets drawn from `rng`.
-fn fault(rng: &mut StdRng, kind: Kind, at_ms: u64) -> Fault {
-    let duration_ms = rng.gen_range(1_500..6_000);
-    let (targets, other) = match kind {
+/// One fault of `kind` starting at `at_ms` and over by `until_ms` (at
+/// least 1.5 s long), its targets drawn from `rng`.
+fn fault(rng: &mut StdRng, kind: Kind, at_ms: u64, until_ms: u64) -> Fault {
+    let duration_ms = rng.gen_range(kind.durations()).min(until_ms.saturating_sub(at_ms)).max(1_500);
+    let (mut targets, mut other, mut picks) = (Vec::new(), Vec::new(), Vec::new());
+    match kind {
         Kind::Kill | Kind::Pause | Kind::Isolate | Kind::OneWay => {
-            let all = all_procs();
-            (vec![all[rng.gen_range(0..all.len())]], Vec::new())
+            let all = all_targets();
+            targets.push(all[rng.gen_range(0..all.len())]);
         }
         Kind::Halves | Kind::Bridge => {
             // Shuffle placement and storenodes separately so each side has
-            // a clear majority of both groups.
-            let mut p = placement_procs();
-            let mut s = storenode_procs();
+            // a clear majority of both groups. All storenode slots are
+            // ranked: members beyond the first five (during membership
+            // faults) join the sides in that order.
+            let mut p: Vec<usize> = (0..PLACEMENT).collect();
+            let mut s: Vec<usize> = (0..STORENODE_SLOTS).collect();
             shuffle(rng, &mut p);
             shuffle(rng, &mut s);
-            let minority: Vec<usize> = p[..1].iter().chain(&s[..2]).copied().collect();
-            let majority: Vec<usize> = p[1..].iter().chain(&s[2..]).copied().collect();
-            (minority, majority)
+            let first_five: Vec<usize> = s.iter().copied().filter(|&k| k < STORENODES).collect();
+            targets = vec![Target::Placement(p[0]), Target::Storenode(first_five[0]), Target::Storenode(first_five[1])];
+            other = p[1..].iter().map(|&i| Target::Placement(i)).collect();
+            other.extend(first_five[2..].iter().map(|&k| Target::Storenode(k)));
+            picks = s.iter().map(|&k| k as u64).collect();
         }
-        Kind::KillShardLeader => (Vec::new(), vec![rng.gen_range(0..64)]),
-    };
-    Fault { at_ms, kind, duration_ms, targets, other }
+        // Shard, then replica or node choices, resolved when it fires.
+        Kind::KillShardLeader | Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => {
+            picks = (0..3).map(|_| rng.gen_range(0..1 << 16)).collect()
+        }
+    }
+    Fault { at_ms, kind, duration_ms, targets, other, picks }
 }
 
-fn shuffle(rng: &mut StdRng, v: &mut [usize]) {
+fn shuffle<T>(rng: &mut StdRng, v: &mut [T]) {
     for i in (1..v.len()).rev() {
         v.swap(i, rng.gen_range(0..=i));
     }
@@ -172,10 +279,10 @@ mod tests {
         assert_ne!(a, c);
     }
 
-    /// Faults of one class (network, process) never overlap, and the run ends quietly.
+    /// Faults of one class never overlap, and the run ends quietly.
     fn check_invariants(s: &[Fault], duration_ms: u64) {
-        for network in [true, false] {
-            let class: Vec<&Fault> = s.iter().filter(|f| f.kind.is_network() == network).collect();
+        for c in [Class::Network, Class::Process, Class::Membership] {
+            let class: Vec<&Fault> = s.iter().filter(|f| f.kind.class() == c).collect();
             for w in class.windows(2) {
                 assert!(w[0].at_ms + w[0].duration_ms <= w[1].at_ms, "{:?} overlaps {:?}", w[0], w[1]);
             }
@@ -185,6 +292,45 @@ mod tests {
         for f in s.iter().filter(|f| f.kind == Kind::Halves) {
             assert_eq!(f.targets.len(), 3, "minority: 1 placement + 2 storenodes");
             assert_eq!(f.other.len(), 5, "majority: 2 placement + 3 storenodes");
+            let mut ranks = f.picks.clone();
+            ranks.sort_unstable();
+            assert_eq!(ranks, (0..STORENODE_SLOTS as u64).collect::<Vec<_>>(), "every storenode slot ranked once");
+        }
+        for f in s {
+            assert!(f.duration_ms >= 500, "{f:?}");
+            if f.kind.class() == Class::Membership {
+                assert_eq!(f.picks.len(), 3, "{f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_short_run_sees_every_class_of_fault() {
+        for seed in 0..200 {
+            let s = schedule(seed, 75_000, &ALL);
+            check_invariants(&s, 75_000);
+            for c in [Class::Network, Class::Process, Class::Membership] {
+                assert!(s.iter().any(|f| f.kind.class() == c), "seed {seed}: no {c:?} fault in {s:?}");
+            }
+        }
+        // Only the classes asked for.
+        let s = schedule(5, 75_000, &[Kind::Decommission, Kind::Kill]);
+        assert!(s.iter().all(|f| matches!(f.kind, Kind::Decommission | Kind::Kill)), "{s:?}");
+    }
+
+    #[test]
+    fn membership_faults_get_companions_of_other_classes_inside_them() {
+        let s = schedule(11, 600_000 - 1, &ALL);
+        check_invariants(&s, 600_000 - 1);
+        let inside = |outer: &Fault, inner: &Fault| {
+            outer.at_ms <= inner.at_ms && inner.at_ms + inner.duration_ms <= outer.at_ms + outer.duration_ms
+        };
+        let membership: Vec<&Fault> = s.iter().filter(|f| f.kind.class() == Class::Membership).collect();
+        for c in [Class::Network, Class::Process] {
+            assert!(
+                membership.iter().any(|m| s.iter().any(|f| f.kind.class() == c && inside(m, f))),
+                "some membership fault has a {c:?} fault inside it"
+            );
         }
     }
 

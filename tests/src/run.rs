@@ -16,15 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use ringkv_client::Client;
-use ringkv_common::placement_client::PlacementClient;
-use ringkv_proto::placement::GetShardMapRequest;
 use ringkv_storenode::testkit::poll_until;
 use serde::Serialize;
 
 use crate::checker::{check_registers, check_sets, Outcome, RegReport, SetReport};
-use crate::cluster::{self, placement_addr, router_addr, Cluster, PLACEMENT, ROUTERS};
+use crate::cluster::{self, router_addr, Cluster, ROUTERS};
 use crate::history::History;
-use crate::nemesis::{self, Fault, Kind};
+use crate::membership::{self, Admin};
+use crate::nemesis::{self, Class, Fault, Kind};
 use crate::workload::{self, Recorder, SET_KEYS};
 
 pub struct Options {
@@ -45,6 +44,8 @@ struct AppliedFault {
     started_ms: u64,
     healed_ms: u64,
     targets: Vec<String>,
+    /// Membership faults: what came of them (moved, refused, removed, ...).
+    outcome: Option<membership::Outcome>,
 }
 
 #[derive(Serialize, Default)]
@@ -53,6 +54,9 @@ pub struct Summary {
     pub duration_s: f64,
     pub ops_by_outcome: BTreeMap<String, usize>,
     pub faults_by_kind: BTreeMap<String, usize>,
+    /// Membership faults by kind: how many ended each way (moved, refused,
+    /// removed, recommissioned, ...).
+    pub fault_outcomes: BTreeMap<String, BTreeMap<String, usize>>,
     /// Fraction of whole seconds with at least one acknowledged write.
     pub availability: f64,
     /// By fault kind: the longest stretch without any acknowledged write that
@@ -63,6 +67,10 @@ pub struct Summary {
     pub undecided_keys: usize,
     pub set: SetReportCounts,
     pub acknowledged_writes_lost: usize,
+    /// Replicas storenodes still hosted after the run that placement's map
+    /// no longer gives them (should be deleted on placement's word), after
+    /// up to [`STALE_REPLICA_TIMEOUT`]; or storenodes that did not answer.
+    pub stale_replicas_left: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -113,30 +121,28 @@ async fn read_sets_back(run: Duration, timeout: Duration) -> anyhow::Result<BTre
     Ok(out)
 }
 
-/// The process index of the storenode leading the `n`th shard, if known.
-async fn shard_leader(n: usize) -> Option<usize> {
-    let pc = PlacementClient::new((0..PLACEMENT).map(placement_addr).collect());
-    let map = pc
-        .call(Duration::from_secs(2), |mut c| async move { c.get_shard_map(GetShardMapRequest {}).await })
-        .await
-        .ok()?;
-    let mut shards = map.shards;
-    shards.sort_by_key(|s| s.shard.as_ref().map_or(0, |d| d.id));
-    let s = shards.get(n % shards.len().max(1))?;
-    (s.leader_node_id != 0).then(|| PLACEMENT + s.leader_node_id as usize - 1)
-}
-
-/// Applies one fault for its duration, then undoes it.
-async fn apply(cluster: &Mutex<Cluster>, f: &Fault) -> anyhow::Result<Vec<usize>> {
+/// Applies one fault for its duration, then undoes it. Returns the
+/// processes it acted on and, for membership faults, what came of it.
+async fn apply(
+    cluster: &Mutex<Cluster>,
+    admin: &Admin,
+    f: &Fault,
+) -> anyhow::Result<(Vec<usize>, Option<membership::Outcome>)> {
     let dur = Duration::from_millis(f.duration_ms);
-    let everyone = nemesis::all_procs();
-    let others = |t: &[usize]| everyone.iter().copied().filter(|i| !t.contains(i)).collect::<Vec<_>>();
+    let deadline = Instant::now() + dur;
     let c = || cluster.lock().expect("not poisoned");
-    let mut targets = f.targets.clone();
+    let everyone = c().members();
+    let others = |t: &[usize]| everyone.iter().copied().filter(|i| !t.contains(i)).collect::<Vec<_>>();
+    let resolved: Vec<usize> = {
+        let c = c();
+        f.targets.iter().map(|&t| c.resolve(t)).collect()
+    };
+    let mut targets = resolved.clone();
     match f.kind {
         Kind::Kill | Kind::KillShardLeader => {
             if f.kind == Kind::KillShardLeader {
-                targets = shard_leader(f.other.first().copied().unwrap_or(0)).await.into_iter().collect();
+                let n = f.picks.first().copied().unwrap_or(0) as usize;
+                targets = admin.shard_leader(cluster, n).await.into_iter().collect();
             }
             for &t in &targets {
                 c().kill9(t);
@@ -168,7 +174,8 @@ async fn apply(cluster: &Mutex<Cluster>, f: &Fault) -> anyhow::Result<Vec<usize>
             c().heal()?;
         }
         Kind::Halves | Kind::Bridge => {
-            let (a, mut b) = (f.targets.clone(), f.other.clone());
+            let (a, mut b) = c().partition_sides(f);
+            targets = a.iter().chain(&b).copied().collect();
             if f.kind == Kind::Bridge {
                 // The bridge (first of the majority) keeps links to both sides.
                 b.remove(0);
@@ -177,10 +184,22 @@ async fn apply(cluster: &Mutex<Cluster>, f: &Fault) -> anyhow::Result<Vec<usize>
             c().cut(&b, &a)?;
             tokio::time::sleep(dur).await;
             c().heal()?;
-            targets = f.targets.iter().chain(&f.other).copied().collect();
+        }
+        Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => {
+            let effect = admin
+                .run(cluster, || async {
+                    match f.kind {
+                        Kind::MoveReplica => admin.move_replica(cluster, f, deadline).await,
+                        Kind::Decommission => admin.decommission(cluster, f, deadline).await,
+                        Kind::AddStorenode => admin.add_storenode(cluster, f, deadline).await,
+                        _ => admin.transfer_leader(cluster, f, deadline).await,
+                    }
+                })
+                .await;
+            return Ok((effect.targets, Some(effect.outcome)));
         }
     }
-    Ok(targets)
+    Ok((targets, None))
 }
 
 pub async fn run(o: Options) -> anyhow::Result<Summary> {
@@ -192,6 +211,7 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         Vec::new()
     };
     let cluster = Arc::new(Mutex::new(Cluster::new(&o.ringkv, &o.out, o.shards, env)));
+    let admin = Arc::new(Admin::new());
     cluster.lock().expect("not poisoned").start_all()?;
     wait_serving(Duration::from_secs(60)).await?;
     let schedule = nemesis::schedule(o.seed, o.duration.as_millis() as u64, &o.kinds);
@@ -225,16 +245,27 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     let mut running = tokio::task::JoinSet::new();
     for f in schedule {
         tokio::time::sleep(Duration::from_millis(f.at_ms).saturating_sub(start.elapsed())).await;
-        let cluster = cluster.clone();
+        let (cluster, admin) = (cluster.clone(), admin.clone());
         running.spawn(async move {
             let started_ms = ms_since(start);
-            let targets = apply(&cluster, &f).await?;
-            let targets = {
+            if f.kind.class() == Class::Membership {
+                // Long, and logging their steps: say when they start.
+                println!("  {:>6.1}s  {:?} fires", started_ms as f64 / 1000.0, f.kind);
+            }
+            let (targets, outcome) = apply(&cluster, &admin, &f).await?;
+            let targets: Vec<String> = {
                 let c = cluster.lock().expect("not poisoned");
                 targets.iter().map(|&t| c.procs[t].name.clone()).collect()
             };
-            println!("  {:>6.1}s  {:?} {:?} for {}ms", started_ms as f64 / 1000.0, f.kind, targets, f.duration_ms);
-            anyhow::Ok(AppliedFault { planned: f, started_ms, healed_ms: ms_since(start), targets })
+            let result = outcome.as_ref().map(|o| format!(": {} ({})", o.label, o.detail)).unwrap_or_default();
+            println!(
+                "  {:>6.1}s  {:?} {:?} for {}ms{result}",
+                started_ms as f64 / 1000.0,
+                f.kind,
+                targets,
+                f.duration_ms
+            );
+            anyhow::Ok(AppliedFault { planned: f, started_ms, healed_ms: ms_since(start), targets, outcome })
         });
     }
     let mut applied = Vec::new();
@@ -254,7 +285,8 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     }
     let run_ms = ms_since(start);
 
-    // Heal everything and restart whatever is down, then read the sets back.
+    // Heal everything and restart whatever is down, stop storenodes that
+    // were removed since, then read the sets back.
     {
         let mut c = cluster.lock().expect("not poisoned");
         c.heal()?;
@@ -263,8 +295,16 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
             c.start(i)?;
         }
     }
+    let reconciled = admin.reconcile(&cluster).await;
+    if !reconciled.is_empty() {
+        println!("  after the run: {reconciled}");
+    }
     wait_serving(Duration::from_secs(60)).await?;
     let final_reads = read_sets_back(Duration::from_millis(run_ms), Duration::from_secs(60)).await?;
+    let stale_replicas = admin.stale_replicas(&cluster, STALE_REPLICA_TIMEOUT).await;
+    for s in &stale_replicas {
+        println!("  stale replica left: {s}");
+    }
     cluster.lock().expect("not poisoned").stop_all();
 
     let history = History {
@@ -289,7 +329,8 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
         std::fs::write(o.out.join("violations.json"), serde_json::to_string_pretty(&v)?)?;
     }
     let ok_writes = std::mem::take(&mut *rec.ok_writes.lock().expect("not poisoned"));
-    let summary = summarize(&o, run_ms, registers, sets, &reg, &set, &applied, ok_writes);
+    let mut summary = summarize(&o, run_ms, registers, sets, &reg, &set, &applied, ok_writes);
+    summary.stale_replicas_left = stale_replicas.len();
     std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     print_summary(&summary);
     println!("  re-check the history on its own: ringkv chaos check {}", history_file.display());
@@ -331,6 +372,9 @@ fn summarize(
     for a in applied {
         let kind = format!("{:?}", a.planned.kind);
         *s.faults_by_kind.entry(kind.clone()).or_default() += 1;
+        if let Some(o) = &a.outcome {
+            *s.fault_outcomes.entry(kind.clone()).or_default().entry(o.label.to_string()).or_default() += 1;
+        }
         let gap = longest_gap(&ok_writes, a.started_ms, a.healed_ms + RECOVERY_WINDOW.as_millis() as u64, run_ms);
         let e = s.longest_unavailable_ms.entry(kind).or_default();
         *e = (*e).max(gap);
@@ -352,6 +396,10 @@ fn summarize(
 /// The linearizability search's time budget per register key, in a run and
 /// by default in `ringkv chaos check`.
 pub const KEY_BUDGET: Duration = Duration::from_secs(60);
+
+/// How long after the run storenodes get to delete replicas placement no
+/// longer gives them.
+pub const STALE_REPLICA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long after a fault heals an outage still counts against that fault.
 pub const RECOVERY_WINDOW: Duration = Duration::from_secs(5);
@@ -383,11 +431,17 @@ pub fn print_summary(s: &Summary) {
     println!("  {:<34} {:>10} {:>22}", "faults", "injected", "longest unavailable");
     for (k, v) in &s.faults_by_kind {
         println!("  {k:<34} {v:>10} {:>20}ms", s.longest_unavailable_ms.get(k).copied().unwrap_or(0));
+        if let Some(outcomes) = s.fault_outcomes.get(k) {
+            // Labels may hold commas ("added, one removed").
+            let list: Vec<String> = outcomes.iter().map(|(label, n)| format!("{label}: {n}")).collect();
+            println!("      {}", list.join("; "));
+        }
     }
     println!("  {:<34} {:>9.1}%", "availability (seconds with a write)", s.availability * 100.0);
     println!("  {:<34} {:>10}", "register operations checked", s.register_ops_checked);
     println!("  {:<34} {:>10}", "register keys undecided", s.undecided_keys);
     println!("  {:<34} {:>10}", "set elements acknowledged", s.set.acknowledged);
+    println!("  {:<34} {:>10}", "stale replicas left after the run", s.stale_replicas_left);
     println!("  {:<34} {:>10}", "anomalies (must be 0)", s.anomalies);
     println!("  {:<34} {:>10}", "acknowledged writes lost (must be 0)", s.acknowledged_writes_lost);
 }

@@ -63,7 +63,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 16)]
     workers: usize,
     /// Fault kinds, comma-separated: kill, pause, isolate, halves, bridge,
-    /// one-way, kill-shard-leader (default: all, mixed).
+    /// one-way, kill-shard-leader, move-replica, decommission,
+    /// add-storenode, transfer-leader (default: all, mixed).
     #[arg(long, value_delimiter = ',')]
     nemesis: Vec<String>,
     #[arg(long, default_value_t = 8)]
