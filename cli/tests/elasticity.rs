@@ -206,6 +206,15 @@ async fn a_dead_node_is_replaced_and_when_it_returns_its_stale_replicas_are_dele
     for i in 0..200u32 {
         client.put(format!("k{i}").as_bytes(), b"v").await.expect("put");
     }
+    // Let the first balancing (4 nodes, ring placement) settle.
+    eventually("the cluster to balance", MOVE_TIMEOUT, || async {
+        let st = pc
+            .call(Duration::from_secs(3), |mut c| async move { c.cluster_status(ClusterStatusRequest {}).await })
+            .await
+            .ok()?;
+        st.balanced.then_some(())
+    })
+    .await;
     // Planned downtime: leaderships leave node 3, its replicas stay.
     let penv = [("RINGKV_PLACEMENT", cluster.placement[0].as_str())];
     let held = replicas_per_node(&shard_map(&pc).await.expect("map")).get(&3).copied();
