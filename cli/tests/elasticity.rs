@@ -28,6 +28,14 @@ async fn shard_map(pc: &PlacementClient) -> Option<ShardMap> {
     pc.call(Duration::from_secs(3), |mut c| async move { c.get_shard_map(GetShardMapRequest {}).await }).await.ok()
 }
 
+async fn operators(pc: &PlacementClient) -> Option<Vec<ringkv_proto::placement::Operator>> {
+    let ops = pc
+        .call(Duration::from_secs(3), |mut c| async move { c.list_operators(ListOperatorsRequest {}).await })
+        .await
+        .ok()?;
+    Some(ops.operators)
+}
+
 /// node id -> replicas it holds, by placement's shard map.
 fn replicas_per_node(map: &ShardMap) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
@@ -84,6 +92,17 @@ fn start_writer(client: ringkv_client::Client, stop: Arc<AtomicBool>) -> tokio::
         }
         acked
     })
+}
+
+/// Starts `name` with `args`, waits until it exits on its own, and returns its log.
+async fn refused_at_start(procs: &mut common::Procs, name: &str, args: Vec<String>) -> String {
+    procs.start(name, args);
+    eventually(&format!("{name} to exit"), START_TIMEOUT, || {
+        let running = procs.is_running(name);
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    std::fs::read_to_string(procs.dir().join(format!("{name}.log"))).unwrap_or_default()
 }
 
 async fn check_acked(client: &ringkv_client::Client, acked: &[String]) {
@@ -159,13 +178,8 @@ async fn a_new_node_gets_an_id_and_its_share_and_decommission_moves_everything_o
 
     // Another process claiming the new node's id (a fresh data dir) is refused.
     let data5 = dir.path().join("storenode-impostor");
-    cluster.procs.start("impostor", new_storenode_args(&cluster, &data5, Some(new_id)));
-    eventually("the impostor to exit", START_TIMEOUT, || {
-        let running = cluster.procs.is_running("impostor");
-        async move { (!running).then_some(()) }
-    })
-    .await;
-    let log = std::fs::read_to_string(dir.path().join("impostor.log")).unwrap_or_default();
+    let args = new_storenode_args(&cluster, &data5, Some(new_id));
+    let log = refused_at_start(&mut cluster.procs, "impostor", args).await;
     assert!(log.contains("belongs to another storenode"), "{log}");
 
     // A data dir made by another cluster refuses to start.
@@ -173,13 +187,8 @@ async fn a_new_node_gets_an_id_and_its_share_and_decommission_moves_everything_o
     std::fs::create_dir_all(&data6).expect("mkdir");
     std::fs::write(data6.join("identity.toml"), "node_id = 0\ncluster_id = 12345\ninstance = \"f00\"\n")
         .expect("identity");
-    cluster.procs.start("foreign", new_storenode_args(&cluster, &data6, None));
-    eventually("the foreign node to exit", START_TIMEOUT, || {
-        let running = cluster.procs.is_running("foreign");
-        async move { (!running).then_some(()) }
-    })
-    .await;
-    let log = std::fs::read_to_string(dir.path().join("foreign.log")).unwrap_or_default();
+    let args = new_storenode_args(&cluster, &data6, None);
+    let log = refused_at_start(&mut cluster.procs, "foreign", args).await;
     assert!(log.contains("belongs to cluster 12345"), "{log}");
 
     // Decommission: every replica moves off; the node ends REMOVED by itself.
@@ -247,11 +256,7 @@ async fn a_dead_node_is_replaced_and_when_it_returns_its_stale_replicas_are_dele
     // step timeout they would otherwise wait out): it deletes its old
     // replicas when it returns.
     eventually("the repair operators to finish", Duration::from_secs(50), || async {
-        let ops = pc
-            .call(Duration::from_secs(3), |mut c| async move { c.list_operators(ListOperatorsRequest {}).await })
-            .await
-            .ok()?;
-        ops.operators.is_empty().then_some(())
+        operators(&pc).await?.is_empty().then_some(())
     })
     .await;
     for i in 0..200u32 {
@@ -294,14 +299,8 @@ async fn a_placement_leader_killed_in_the_middle_of_a_move_leaves_it_done_or_rol
     cluster.wait_serving(START_TIMEOUT).await;
     let pc = PlacementClient::new(cluster.placement.clone());
     // Let the initial balancing finish (4 nodes, 24 replicas).
-    eventually("no operator in flight", MOVE_TIMEOUT, || async {
-        let ops = pc
-            .call(Duration::from_secs(3), |mut c| async move { c.list_operators(ListOperatorsRequest {}).await })
-            .await
-            .ok()?;
-        ops.operators.is_empty().then_some(())
-    })
-    .await;
+    eventually("no operator in flight", MOVE_TIMEOUT, || async { operators(&pc).await?.is_empty().then_some(()) })
+        .await;
     let map = shard_map(&pc).await.expect("map");
     let d = map.shards[0].shard.clone().expect("descriptor");
     let from = d.replicas[0].node_id;
@@ -315,13 +314,10 @@ async fn a_placement_leader_killed_in_the_middle_of_a_move_leaves_it_done_or_rol
     cluster.procs.kill9(&format!("placement-{leader}"));
 
     eventually("the move to finish under a new placement leader", MOVE_TIMEOUT, || async {
-        let ops = pc
-            .call(Duration::from_secs(3), |mut c| async move { c.list_operators(ListOperatorsRequest {}).await })
-            .await
-            .ok()?;
+        let ops = operators(&pc).await?;
         let map = shard_map(&pc).await?;
         let shard = map.shards.iter().filter_map(|s| s.shard.as_ref()).find(|s| s.id == d.id)?.clone();
-        (ops.operators.iter().all(|o| o.shard_id != d.id) && fully_replicated(&map, 3)).then_some(shard)
+        (ops.iter().all(|o| o.shard_id != d.id) && fully_replicated(&map, 3)).then_some(shard)
     })
     .await;
     let map = shard_map(&pc).await.expect("map");

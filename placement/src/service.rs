@@ -481,12 +481,7 @@ impl Placement for PlacementService {
             .values()
             .map(|o| {
                 let mut o = o.clone();
-                // What the step waits for, for `operator list`.
-                if let Some(note) = sched.notes.get(&o.id) {
-                    if o.rollback_reason.is_empty() {
-                        o.rollback_reason = format!("(waiting: {note})");
-                    }
-                }
+                o.waiting_for = sched.notes.get(&o.id).cloned().unwrap_or_default();
                 o
             })
             .collect();

@@ -194,7 +194,12 @@ pub fn operator_row(o: &Operator) -> OperatorRow {
         age_secs: now.saturating_sub(o.created_unix_ms) / 1000,
         step_age_secs: now.saturating_sub(o.step_unix_ms) / 1000,
         reason: o.reason.clone(),
-        note: o.rollback_reason.clone(),
+        // Why it rolls back, else what its step waits for.
+        note: match (o.rollback_reason.is_empty(), o.waiting_for.is_empty()) {
+            (false, _) => o.rollback_reason.clone(),
+            (true, false) => format!("(waiting: {})", o.waiting_for),
+            (true, true) => String::new(),
+        },
     }
 }
 
