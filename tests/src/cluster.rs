@@ -164,6 +164,12 @@ impl Cluster {
         (0..self.procs.len()).filter(|&i| self.procs[i].membership == Membership::Member).collect()
     }
 
+    /// The names of processes `procs` (as they are now: a reused slot's
+    /// storenode has a name of its own).
+    pub fn names(&self, procs: &[usize]) -> Vec<String> {
+        procs.iter().map(|&i| self.procs[i].name.clone()).collect()
+    }
+
     /// The node id of storenode process `i`, once it has one: given at
     /// start, or allocated by placement and kept in its data directory.
     pub fn node_id(&mut self, i: usize) -> Option<u64> {

@@ -122,28 +122,34 @@ async fn read_sets_back(run: Duration, timeout: Duration) -> anyhow::Result<BTre
 }
 
 /// Applies one fault for its duration, then undoes it. Returns the
-/// processes it acted on and, for membership faults, what came of it.
+/// processes it acted on (named as they were then: a membership fault may
+/// put a new storenode in a slot meanwhile) and, for membership faults,
+/// what came of it.
 async fn apply(
     cluster: &Mutex<Cluster>,
     admin: &Admin,
     f: &Fault,
-) -> anyhow::Result<(Vec<usize>, Option<membership::Outcome>)> {
+) -> anyhow::Result<(Vec<String>, Option<membership::Outcome>)> {
     let dur = Duration::from_millis(f.duration_ms);
     let deadline = Instant::now() + dur;
     let c = || cluster.lock().expect("not poisoned");
     let everyone = c().members();
     let others = |t: &[usize]| everyone.iter().copied().filter(|i| !t.contains(i)).collect::<Vec<_>>();
-    let resolved: Vec<usize> = {
+    let mut targets: Vec<usize> = {
         let c = c();
         f.targets.iter().map(|&t| c.resolve(t)).collect()
     };
-    let mut targets = resolved.clone();
+    if f.kind == Kind::KillShardLeader {
+        let n = f.picks.first().copied().unwrap_or(0) as usize;
+        targets = admin.shard_leader(cluster, n).await.into_iter().collect();
+    }
+    if matches!(f.kind, Kind::Halves | Kind::Bridge) {
+        let (a, b) = c().partition_sides(f);
+        targets = a.iter().chain(&b).copied().collect();
+    }
+    let names = c().names(&targets);
     match f.kind {
         Kind::Kill | Kind::KillShardLeader => {
-            if f.kind == Kind::KillShardLeader {
-                let n = f.picks.first().copied().unwrap_or(0) as usize;
-                targets = admin.shard_leader(cluster, n).await.into_iter().collect();
-            }
             for &t in &targets {
                 c().kill9(t);
             }
@@ -175,7 +181,6 @@ async fn apply(
         }
         Kind::Halves | Kind::Bridge => {
             let (a, mut b) = c().partition_sides(f);
-            targets = a.iter().chain(&b).copied().collect();
             if f.kind == Kind::Bridge {
                 // The bridge (first of the majority) keeps links to both sides.
                 b.remove(0);
@@ -186,7 +191,7 @@ async fn apply(
             c().heal()?;
         }
         Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => {
-            let effect = admin
+            let (names, outcome) = admin
                 .run(cluster, || async {
                     match f.kind {
                         Kind::MoveReplica => admin.move_replica(cluster, f, deadline).await,
@@ -196,10 +201,10 @@ async fn apply(
                     }
                 })
                 .await;
-            return Ok((effect.targets, Some(effect.outcome)));
+            return Ok((names, Some(outcome)));
         }
     }
-    Ok((targets, None))
+    Ok((names, None))
 }
 
 pub async fn run(o: Options) -> anyhow::Result<Summary> {
@@ -253,10 +258,6 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
                 println!("  {:>6.1}s  {:?} fires", started_ms as f64 / 1000.0, f.kind);
             }
             let (targets, outcome) = apply(&cluster, &admin, &f).await?;
-            let targets: Vec<String> = {
-                let c = cluster.lock().expect("not poisoned");
-                targets.iter().map(|&t| c.procs[t].name.clone()).collect()
-            };
             let result = outcome.as_ref().map(|o| format!(": {} ({})", o.label, o.detail)).unwrap_or_default();
             println!(
                 "  {:>6.1}s  {:?} {:?} for {}ms{result}",
