@@ -164,6 +164,12 @@ impl Cluster {
         (0..self.procs.len()).filter(|&i| self.procs[i].membership == Membership::Member).collect()
     }
 
+    /// The names of processes `procs` (as they are now: a reused slot's
+    /// storenode has a name of its own).
+    pub fn names(&self, procs: &[usize]) -> Vec<String> {
+        procs.iter().map(|&i| self.procs[i].name.clone()).collect()
+    }
+
     /// The node id of storenode process `i`, once it has one: given at
     /// start, or allocated by placement and kept in its data directory.
     pub fn node_id(&mut self, i: usize) -> Option<u64> {
@@ -284,6 +290,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Member processes that exited by themselves since the last look (a
+    /// kill or pause of ours never shows here: a kill reaps its process,
+    /// and a stopped process has not exited), with how they ended. Each is
+    /// forgotten, so that [`Cluster::start`] starts it again.
+    pub fn reap_exited(&mut self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            let Some(child) = p.child.as_mut() else { continue };
+            let status = match child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => status.to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            p.child = None;
+            p.paused = false;
+            out.push((i, status));
+        }
+        out
+    }
+
     /// SIGKILL (a paused process is killed too).
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut c) = self.procs[i].child.take() {
@@ -402,6 +428,33 @@ mod tests {
         assert_eq!(c.free_slot(), Some(PLACEMENT + 1));
         c.procs[PLACEMENT + 1].membership = Membership::Member;
         assert_eq!(c.free_slot(), None);
+    }
+
+    #[test]
+    fn a_process_that_exits_by_itself_is_reaped_once_and_started_again() {
+        let dir = std::env::temp_dir().join(format!("ringkv-chaos-reap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // `true` ignores the arguments and exits at once, as a crash would.
+        let mut c = Cluster::new(Path::new("true"), &dir, 8, Vec::new());
+        c.start(0).expect("start");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let exited = loop {
+            let e = c.reap_exited();
+            if !e.is_empty() || std::time::Instant::now() > deadline {
+                break e;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(exited.len(), 1, "{exited:?}");
+        assert_eq!(exited[0].0, 0);
+        assert!(exited[0].1.contains("exit status: 0"), "{exited:?}");
+        assert!(c.procs[0].pid().is_none() && c.reap_exited().is_empty(), "reaped once");
+        c.start(0).expect("started again");
+        assert!(c.procs[0].pid().is_some());
+        // A process we kill is not a crash.
+        c.kill9(0);
+        assert!(c.reap_exited().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

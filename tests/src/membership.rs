@@ -163,8 +163,10 @@ impl Admin {
         done.join("; ")
     }
 
-    /// Runs one membership fault under the lock, then reconciles.
-    pub async fn run<F, Fut>(&self, cluster: &Mutex<Cluster>, f: F) -> Effect
+    /// Runs one membership fault under the lock, then reconciles. Returns
+    /// the names of the processes it involved (before the reconcile could
+    /// put a new storenode in a removed one's slot) and what came of it.
+    pub async fn run<F, Fut>(&self, cluster: &Mutex<Cluster>, f: F) -> (Vec<String>, Outcome)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Effect>,
@@ -172,12 +174,13 @@ impl Admin {
         let _one_at_a_time = self.lock.lock().await;
         // Leftovers of an earlier fault (a node drained since) first.
         let before = self.reconcile(cluster).await;
-        let mut effect = f().await;
+        let Effect { targets, mut outcome } = f().await;
+        let names = lock(cluster).names(&targets);
         let after = self.reconcile(cluster).await;
         for note in [before, after].into_iter().filter(|n| !n.is_empty()) {
-            effect.outcome.detail.push_str(&format!(" [{note}]"));
+            outcome.detail.push_str(&format!(" [{note}]"));
         }
-        effect
+        (names, outcome)
     }
 
     /// `move-replica`: a replica of a chosen shard, from one of its nodes to

@@ -71,6 +71,9 @@ pub struct Summary {
     /// no longer gives them (should be deleted on placement's word), after
     /// up to [`STALE_REPLICA_TIMEOUT`]; or storenodes that did not answer.
     pub stale_replicas_left: usize,
+    /// Processes that exited by themselves (restarted by the run, as a
+    /// supervisor would): name, time, how it ended.
+    pub process_crashes: Vec<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -121,29 +124,72 @@ async fn read_sets_back(run: Duration, timeout: Duration) -> anyhow::Result<BTre
     Ok(out)
 }
 
+/// How often the supervisor looks for processes that exited by themselves.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+/// Plays the part of systemd for the cluster: a process that exits by
+/// itself (a storenode aborts when its Raft loop dies, so that its
+/// supervisor restarts it) is recorded as a crash and started again, until
+/// `stop`.
+async fn supervise(
+    cluster: Arc<Mutex<Cluster>>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    crashes: Arc<Mutex<Vec<String>>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let mut c = cluster.lock().expect("not poisoned");
+        record_crashes(&mut c, start, &crashes);
+    }
+}
+
+/// Records every member process that exited by itself, and starts it again.
+fn record_crashes(c: &mut Cluster, start: Instant, crashes: &Mutex<Vec<String>>) {
+    for (i, status) in c.reap_exited() {
+        let crash = format!(
+            "{} at {:.1}s: {status} (see {}.log)",
+            c.procs[i].name,
+            ms_since(start) as f64 / 1000.0,
+            c.procs[i].name
+        );
+        println!("  CRASH  {crash}; restarted");
+        if let Err(e) = c.start(i) {
+            println!("  restarting {}: {e:#}", c.procs[i].name);
+        }
+        crashes.lock().expect("not poisoned").push(crash);
+    }
+}
+
 /// Applies one fault for its duration, then undoes it. Returns the
-/// processes it acted on and, for membership faults, what came of it.
+/// processes it acted on (named as they were then: a membership fault may
+/// put a new storenode in a slot meanwhile) and, for membership faults,
+/// what came of it.
 async fn apply(
     cluster: &Mutex<Cluster>,
     admin: &Admin,
     f: &Fault,
-) -> anyhow::Result<(Vec<usize>, Option<membership::Outcome>)> {
+) -> anyhow::Result<(Vec<String>, Option<membership::Outcome>)> {
     let dur = Duration::from_millis(f.duration_ms);
     let deadline = Instant::now() + dur;
     let c = || cluster.lock().expect("not poisoned");
     let everyone = c().members();
     let others = |t: &[usize]| everyone.iter().copied().filter(|i| !t.contains(i)).collect::<Vec<_>>();
-    let resolved: Vec<usize> = {
+    let mut targets: Vec<usize> = {
         let c = c();
         f.targets.iter().map(|&t| c.resolve(t)).collect()
     };
-    let mut targets = resolved.clone();
+    if f.kind == Kind::KillShardLeader {
+        let n = f.picks.first().copied().unwrap_or(0) as usize;
+        targets = admin.shard_leader(cluster, n).await.into_iter().collect();
+    }
+    if matches!(f.kind, Kind::Halves | Kind::Bridge) {
+        let (a, b) = c().partition_sides(f);
+        targets = a.iter().chain(&b).copied().collect();
+    }
+    let names = c().names(&targets);
     match f.kind {
         Kind::Kill | Kind::KillShardLeader => {
-            if f.kind == Kind::KillShardLeader {
-                let n = f.picks.first().copied().unwrap_or(0) as usize;
-                targets = admin.shard_leader(cluster, n).await.into_iter().collect();
-            }
             for &t in &targets {
                 c().kill9(t);
             }
@@ -175,7 +221,6 @@ async fn apply(
         }
         Kind::Halves | Kind::Bridge => {
             let (a, mut b) = c().partition_sides(f);
-            targets = a.iter().chain(&b).copied().collect();
             if f.kind == Kind::Bridge {
                 // The bridge (first of the majority) keeps links to both sides.
                 b.remove(0);
@@ -186,7 +231,7 @@ async fn apply(
             c().heal()?;
         }
         Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => {
-            let effect = admin
+            let (names, outcome) = admin
                 .run(cluster, || async {
                     match f.kind {
                         Kind::MoveReplica => admin.move_replica(cluster, f, deadline).await,
@@ -196,10 +241,10 @@ async fn apply(
                     }
                 })
                 .await;
-            return Ok((effect.targets, Some(effect.outcome)));
+            return Ok((names, Some(outcome)));
         }
     }
-    Ok((targets, None))
+    Ok((names, None))
 }
 
 pub async fn run(o: Options) -> anyhow::Result<Summary> {
@@ -226,6 +271,8 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     let start = Instant::now();
     let rec = Recorder::new(start);
     let stop = Arc::new(AtomicBool::new(false));
+    let crashes = Arc::new(Mutex::new(Vec::new()));
+    let supervisor = tokio::spawn(supervise(cluster.clone(), start, stop.clone(), crashes.clone()));
     let mut workers = Vec::new();
     for w in 0..o.workers {
         // Half the workers prefer each router; all fail over to the other.
@@ -253,10 +300,6 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
                 println!("  {:>6.1}s  {:?} fires", started_ms as f64 / 1000.0, f.kind);
             }
             let (targets, outcome) = apply(&cluster, &admin, &f).await?;
-            let targets: Vec<String> = {
-                let c = cluster.lock().expect("not poisoned");
-                targets.iter().map(|&t| c.procs[t].name.clone()).collect()
-            };
             let result = outcome.as_ref().map(|o| format!(": {} ({})", o.label, o.detail)).unwrap_or_default();
             println!(
                 "  {:>6.1}s  {:?} {:?} for {}ms{result}",
@@ -285,11 +328,13 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     }
     let run_ms = ms_since(start);
 
+    supervisor.await.context("the supervisor panicked")?;
     // Heal everything and restart whatever is down, stop storenodes that
     // were removed since, then read the sets back.
     {
         let mut c = cluster.lock().expect("not poisoned");
         c.heal()?;
+        record_crashes(&mut c, start, &crashes);
         for i in 0..c.procs.len() {
             c.resume(i);
             c.start(i)?;
@@ -305,7 +350,11 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     for s in &stale_replicas {
         println!("  stale replica left: {s}");
     }
-    cluster.lock().expect("not poisoned").stop_all();
+    {
+        let mut c = cluster.lock().expect("not poisoned");
+        record_crashes(&mut c, start, &crashes);
+        c.stop_all();
+    }
 
     let history = History {
         registers: std::mem::take(&mut *rec.registers.lock().expect("not poisoned")),
@@ -331,6 +380,7 @@ pub async fn run(o: Options) -> anyhow::Result<Summary> {
     let ok_writes = std::mem::take(&mut *rec.ok_writes.lock().expect("not poisoned"));
     let mut summary = summarize(&o, run_ms, registers, sets, &reg, &set, &applied, ok_writes);
     summary.stale_replicas_left = stale_replicas.len();
+    summary.process_crashes = std::mem::take(&mut *crashes.lock().expect("not poisoned"));
     std::fs::write(o.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     print_summary(&summary);
     println!("  re-check the history on its own: ringkv chaos check {}", history_file.display());
@@ -442,6 +492,10 @@ pub fn print_summary(s: &Summary) {
     println!("  {:<34} {:>10}", "register keys undecided", s.undecided_keys);
     println!("  {:<34} {:>10}", "set elements acknowledged", s.set.acknowledged);
     println!("  {:<34} {:>10}", "stale replicas left after the run", s.stale_replicas_left);
+    println!("  {:<34} {:>10}", "processes crashed (restarted)", s.process_crashes.len());
+    for crash in &s.process_crashes {
+        println!("      {crash}");
+    }
     println!("  {:<34} {:>10}", "anomalies (must be 0)", s.anomalies);
     println!("  {:<34} {:>10}", "acknowledged writes lost (must be 0)", s.acknowledged_writes_lost);
 }
