@@ -62,7 +62,7 @@ use crate::error::{Error, Result};
 use crate::metrics::RaftMetrics;
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::{Group, StateMachine};
-use replica::Replica;
+use replica::{Lifecycle, Replica};
 
 /// Most inbox requests handled in one pass, so that a flood of requests does
 /// not delay persisting and answering the ones already taken.
@@ -266,7 +266,12 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let reissue_after = self.cfg.raft.election_ticks as u64;
         let now = Instant::now();
         for (id, r) in self.replicas.iter_mut() {
-            if r.raw.tick() {
+            // An installing replica's log starts after the snapshot while
+            // raft-rs's `applied` is still before it: an election timeout
+            // would make raft-rs read the unapplied entries between them
+            // (compacted) and panic. It stays a quiet follower until the
+            // install is done; a leader elsewhere is not delayed by it.
+            if r.lifecycle == Lifecycle::Normal && r.raw.tick() {
                 self.dirty.insert(*id);
             }
             // raft-rs silently drops a ReadIndex that a new leader cannot serve

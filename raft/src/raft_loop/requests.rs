@@ -5,13 +5,15 @@
 use std::time::Instant;
 
 use prost::Message as _;
-use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message as RaftMsg};
+use raft::prelude::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message as RaftMsg, MessageType,
+};
 use raft::{Changer, StateRole};
 use ringkv_proto::engine::{ConfChangeContext, MemberRole};
 
 use super::api::{Callback, MemberChange, MemberChangeKind, ReadMode, Transport};
 use super::read_index::ReadWaiter;
-use super::replica::{Proposal, Replica, Waiter};
+use super::replica::{Lifecycle, Proposal, Replica, Waiter};
 use super::RaftLoop;
 use crate::error::{Error, Result};
 use crate::snapshot;
@@ -62,7 +64,17 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             self.metrics.raft_messages_dropped.inc();
             return;
         }
-        if msg.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+        // A leader hands over with MsgTimeoutNow once a follower's log
+        // matches; an installing replica's does (its snapshot is persisted)
+        // but it cannot campaign until the install is done (see `tick`). The
+        // leader's transfer times out and it stays leader.
+        let campaigns = matches!(msg.get_msg_type(), MessageType::MsgTimeoutNow | MessageType::MsgHup);
+        if campaigns && r.lifecycle != Lifecycle::Normal {
+            tracing::info!(group_id, "leadership not taken while installing a snapshot");
+            self.metrics.raft_messages_dropped.inc();
+            return;
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
             let checked = snapshot::snapshot_data(msg.get_snapshot())
                 .and_then(|d| snapshot::snapshot_group::<S::Group>(&d, group_id));
             if let Err(e) = checked {

@@ -47,6 +47,9 @@
 //! - `tick [T] [nodes=..]`: T times: tick the (given) running nodes, settle.
 //! - `settle`; `campaign <n>`; `transfer <n> to=R`.
 //! - `isolate <n>..`, `heal`: cut nodes off from all others, and rejoin them.
+//! - `hold-installs <n>`, `release-installs <n>`: keep the node's finished
+//!   snapshot installs from its loop (its replicas stay installing), and
+//!   hand them over.
 //! - `crash <n>`, `restart <n>`: drop a node's loop; (re)open it from its
 //!   directory.
 //! - `put <n> k=v [fail] [timeout=0] [version=V]`: propose a write (`fail`:
@@ -184,6 +187,9 @@ struct Pending {
 struct Node {
     lp: Option<Loop>,
     metrics: Arc<RaftMetrics>,
+    /// `hold-installs`: finished snapshot installs are kept here, unseen by
+    /// the loop, so its replicas stay in `ApplyingSnapshot`.
+    held: Option<Vec<LoopRequest<TestStateMachine>>>,
 }
 
 /// The cluster a script drives.
@@ -389,7 +395,7 @@ impl Cluster {
         net.down.remove(&id);
         net.queues.remove(&id);
         drop(net);
-        self.nodes.insert(id, Node { lp: Some(lp), metrics });
+        self.nodes.insert(id, Node { lp: Some(lp), metrics, held: None });
     }
 
     fn crash(&mut self, id: u64) {
@@ -411,11 +417,26 @@ impl Cluster {
         self.nodes.iter().filter(|(_, n)| n.lp.is_some()).map(|(id, _)| *id).collect()
     }
 
-    /// Whether node `id` waits for one of its worker threads.
-    fn waits_for_worker(lp: &Loop) -> bool {
+    /// Whether node `id` waits for one of its worker threads (installs
+    /// count only when they are not held).
+    fn waits_for_worker(&self, id: u64) -> bool {
+        let node = &self.nodes[&id];
+        let Some(lp) = node.lp.as_ref() else { return false };
         lp.generating > 0
             || !lp.destroying.is_empty()
-            || lp.replicas.values().any(|r| r.lifecycle != replica::Lifecycle::Normal)
+            || (node.held.is_none() && lp.replicas.values().any(|r| r.lifecycle != replica::Lifecycle::Normal))
+    }
+
+    /// Hands a worker's report to node `id`'s loop, or keeps it if it is a
+    /// finished install and the node holds them.
+    fn report(&mut self, id: u64, m: LoopRequest<TestStateMachine>) {
+        let node = self.nodes.get_mut(&id).expect("a node of the cluster");
+        match (&mut node.held, m) {
+            (Some(held), m @ LoopRequest::SnapshotInstalled { .. }) => held.push(m),
+            (_, m) => {
+                node.lp.as_mut().expect("a running node").handle(m);
+            }
+        }
     }
 
     /// Runs the cluster until nothing moves: inboxes drained, passes run,
@@ -424,11 +445,11 @@ impl Cluster {
         for _ in 0..MAX_SETTLE_ROUNDS {
             let mut busy = false;
             for id in self.running() {
-                let lp = self.lp(id);
-                while let Ok(m) = lp.internal.try_recv() {
-                    lp.handle(m);
+                while let Ok(m) = self.lp(id).internal.try_recv() {
+                    self.report(id, m);
                     busy = true;
                 }
+                let lp = self.lp(id);
                 while let Ok(m) = lp.requests.try_recv() {
                     lp.handle(m);
                     busy = true;
@@ -440,17 +461,13 @@ impl Cluster {
             if busy {
                 continue;
             }
-            let waiting: Vec<u64> =
-                self.running().into_iter().filter(|id| Self::waits_for_worker(self.lp(*id))).collect();
+            let waiting: Vec<u64> = self.running().into_iter().filter(|id| self.waits_for_worker(*id)).collect();
             if waiting.is_empty() {
                 return;
             }
             for id in waiting {
-                let lp = self.lp(id);
-                match lp.internal.recv_timeout(WORKER_DEADLINE) {
-                    Ok(m) => {
-                        lp.handle(m);
-                    }
+                match self.lp(id).internal.recv_timeout(WORKER_DEADLINE) {
+                    Ok(m) => self.report(id, m),
                     Err(e) => panic!("node {id}: a worker thread did not report within {WORKER_DEADLINE:?}: {e}"),
                 }
             }
@@ -631,6 +648,15 @@ impl Cluster {
                 let r = lp.replicas.get_mut(&g).expect("a replica of the group");
                 r.raw.campaign().expect("campaign");
                 lp.dirty.insert(g);
+            }
+            "hold-installs" => self.nodes.get_mut(&a.node()).expect("a node of the cluster").held = Some(Vec::new()),
+            "release-installs" => {
+                let id = a.node();
+                let held = self.nodes.get_mut(&id).and_then(|n| n.held.take()).unwrap_or_default();
+                for m in held {
+                    self.lp(id).handle(m);
+                }
+                self.settle();
             }
             "isolate" => self.net.lock().isolated.extend(a.nodes()),
             "heal" => self.net.lock().isolated.clear(),
@@ -1013,6 +1039,7 @@ scripts! {
     restart_keeps_committed_data_and_term_and_vote,
     restart_of_the_leader,
     snapshot_catch_up_after_log_compaction,
+    installing_replica_does_not_campaign,
     snapshot_for_a_member_added_after_it_was_generated,
     snapshot_naming_another_group_is_refused,
     stale_version_proposal_is_answered_stale,
