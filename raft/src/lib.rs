@@ -70,7 +70,7 @@ pub use error::{Error, Result};
 pub use metrics::RaftMetrics;
 pub use raft_loop::{LoopHandle, LoopRequest, ReadMode, ANSWER_GRACE};
 pub use ringkv_proto::engine::{Member, MemberRole};
-pub use state_machine::{ApplyContext, Group, StateMachine, StateRange};
+pub use state_machine::{ApplyContext, Group, Split, StateMachine, StateRange};
 
 use std::fmt::Write as _;
 

@@ -38,6 +38,10 @@ pub struct RaftMetrics {
     pub snapshot_bytes_sent: IntCounter,
     /// Replicas fenced off after a local failure (open, apply or snapshot install).
     pub replicas_failed: IntGauge,
+    /// Replicas this node created by applying a split.
+    pub splits: IntCounter,
+    /// Messages for a group with no replica here kept until a split creates it.
+    pub raft_messages_stashed: IntCounter,
     /// 1 if this replica leads its group.
     pub shard_is_leader: IntGaugeVec,
     /// Raft term.
@@ -117,6 +121,12 @@ impl RaftMetrics {
                 r,
                 IntGauge::new("ringkv_raft_replicas_failed", "Replicas fenced off after a local failure")
                     .expect("valid metric"),
+            ),
+            splits: counter(r, "ringkv_raft_split_replicas_created_total", "Replicas created by applying a split"),
+            raft_messages_stashed: counter(
+                r,
+                "ringkv_raft_messages_stashed_total",
+                "Messages for a group with no replica here, kept briefly for a split about to create it",
             ),
             shard_is_leader: group_gauge(r, "ringkv_shard_is_leader", "1 if this replica leads"),
             shard_term: group_gauge(r, "ringkv_shard_term", "Raft term"),

@@ -492,7 +492,7 @@ mod install_tests {
     /// place, so that it can be snapshotted.
     fn engine_with_group(dir: &Path) -> (Engine, TestGroup) {
         let engine = Engine::open(&dir.join("db")).unwrap();
-        let g = TestGroup { id: 3, members: vec![], conf_ver: 1, version: 1 };
+        let g = TestGroup { id: 3, conf_ver: 1, version: 1, ..Default::default() };
         let mut wb = WriteBatch::default();
         crate::storage::RaftStorage::bootstrap(&engine, &mut wb, 3, vec![30]);
         let st = ReplicaState { group: Group::encode(&g), replica_id: 30, ..Default::default() };

@@ -93,6 +93,28 @@ pub trait StateMachine: Send + 'static {
     fn restore(&mut self, _engine: &Engine, _group: &Self::Group) -> Result<()> {
         Ok(())
     }
+
+    /// A split (see [`ApplyContext::split`]) creates this node's replica of
+    /// the new group: write the state it takes over from `parent` as of the
+    /// split entry (`ctx.group` is the new group, `ctx.index` the split's
+    /// index). Data the two share a key space for needs nothing: the new
+    /// group's [`Group::state_ranges`] already cover it. Not called when the
+    /// node's replica of the new group exists already (it came by snapshot)
+    /// or was removed here.
+    fn split_child(_ctx: &mut ApplyContext<'_, Self::Group>, _parent: &Self::Group) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A split a state machine asked for while applying an entry.
+#[derive(Clone, Debug)]
+pub struct Split<G> {
+    /// The applying group as it is from this entry on (narrower, with a
+    /// newer version).
+    pub narrowed: G,
+    /// The new group: its own id, members (one new replica id per member
+    /// of the parent, on the same nodes) and the state ranges given up.
+    pub new: G,
 }
 
 /// What one apply pass gives a state machine: the group as of this entry, the
@@ -104,7 +126,11 @@ pub struct ApplyContext<'a, G> {
     pub index: u64,
     /// The node's engine (reads see what earlier passes wrote).
     pub engine: &'a Engine,
+    /// Whether the group is in a joint configuration (a membership change
+    /// half done) as of this entry: a split must wait until it is left.
+    pub joint: bool,
     pub(crate) batch: &'a mut ApplyBatch,
+    pub(crate) split: Option<Split<G>>,
 }
 
 /// A WriteBatch plus an overlay of the keys it writes, so that an entry
@@ -129,11 +155,27 @@ impl ApplyBatch {
 
     /// A context for applying entry `index` of `group` into this batch.
     pub fn context<'a, G>(&'a mut self, engine: &'a Engine, group: &'a G, index: u64) -> ApplyContext<'a, G> {
-        ApplyContext { group, index, engine, batch: self }
+        ApplyContext { group, index, engine, joint: false, batch: self, split: None }
     }
 }
 
 impl<G> ApplyContext<'_, G> {
+    /// Splits the group at this entry: from here on the applying group is
+    /// `narrowed`, and the engine creates this node's replica of `new` in
+    /// the same batch, its Raft state starting at this entry's index and
+    /// term (identical on every replica, so the new group elects a leader
+    /// among the same nodes). The state machine must have checked that the
+    /// two partition the group's state and that `new`'s members pair with
+    /// the group's; the engine checks nothing of the kind.
+    pub fn split(&mut self, narrowed: G, new: G) {
+        self.split = Some(Split { narrowed, new });
+    }
+
+    /// The split asked for by the last command, if any.
+    pub(crate) fn take_split(&mut self) -> Option<Split<G>> {
+        self.split.take()
+    }
+
     /// Reads a key as of this entry (this pass's writes included).
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.batch.overlay.get(&(cf.as_u8(), key.to_vec())) {

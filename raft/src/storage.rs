@@ -141,6 +141,23 @@ impl RaftStorage {
         engine.put_cf(wb, Cf::Meta, &keys::apply_state_key(group_id), &prost::Message::encode_to_vec(&apply));
     }
 
+    /// Adds the initial state of a replica a split creates to `wb`: its log
+    /// starts after the split entry (`index`, `term`), which every replica
+    /// of the new group applied identically, so they agree on the log's
+    /// start and any of them can be elected. No vote is cast yet.
+    pub fn init_split(engine: &Engine, wb: &mut WriteBatch, group_id: u64, cs: ConfState, index: u64, term: u64) {
+        let apply = ApplyState {
+            applied_index: index,
+            applied_term: term,
+            truncated_index: index,
+            truncated_term: term,
+            conf_state: encode(&cs),
+        };
+        let hs = HardState { term, commit: index, ..Default::default() };
+        engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(group_id), &encode(&hs));
+        engine.put_cf(wb, Cf::Meta, &keys::apply_state_key(group_id), &prost::Message::encode_to_vec(&apply));
+    }
+
     /// The group this replica belongs to.
     pub fn group_id(&self) -> u64 {
         self.group_id

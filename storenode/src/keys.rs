@@ -76,6 +76,21 @@ pub fn meta_dedup_by_index_range(shard_id: u64, below: u64) -> (Vec<u8>, Vec<u8>
     (shard_prefix(shard_id, META_DEDUP_BY_INDEX), hi)
 }
 
+/// `[lo, hi)` of the shard's de-dup records (by request id).
+pub fn meta_dedup_records_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
+    (shard_prefix(shard_id, META_DEDUP), shard_prefix(shard_id, META_DEDUP + 1))
+}
+
+/// The request id inside a [`meta_dedup_key`].
+pub fn dedup_request_id(key: &[u8]) -> &[u8] {
+    &key[9.min(key.len())..]
+}
+
+/// Whether the hashes `[lo, hi]` (inclusive) meet the ring range `[start, end)`.
+pub fn ranges_meet(lo: u64, hi: u64, start: u64, end: u64) -> bool {
+    hi >= start && (end == 0 || lo < end)
+}
+
 /// `[lo, hi)` of all the shard's de-duplication state in the `meta` CF.
 pub fn meta_dedup_range(shard_id: u64) -> (Vec<u8>, Vec<u8>) {
     (shard_prefix(shard_id, META_DEDUP), shard_prefix(shard_id, META_DEDUP_BY_INDEX + 1))

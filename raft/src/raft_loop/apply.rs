@@ -74,17 +74,33 @@ fn role_of(id: u64, cs: &ConfState) -> Option<MemberRole> {
     }
 }
 
+/// A split applied by [`apply_entries`], which stopped right after it.
+pub(super) struct SplitOff<G> {
+    /// The new group.
+    pub new: G,
+    /// The split entry's index and term: the new group's Raft state starts there.
+    pub index: u64,
+    pub term: u64,
+    /// The entries after the split, still to apply.
+    pub rest: Vec<Entry>,
+}
+
 /// Applies `entries` of replica `r` into `batch`; answers go to `answers`.
-/// An `Err` means the replica must stop (its batch must not be written).
+/// Stops right after an entry that split the group (the parent's side of
+/// the split is written: its narrowed descriptor and applied index), so that
+/// the caller creates the new group's replica from the state as of that
+/// entry, then applies the rest. An `Err` means the replica must stop (its
+/// batch must not be written).
 pub(super) fn apply_entries<S: StateMachine>(
     engine: &Engine,
     r: &mut Replica<S>,
     entries: Vec<Entry>,
     batch: &mut ApplyBatch,
     answers: &mut Vec<Answer<S>>,
-) -> Result<(), Error> {
+) -> Result<Option<SplitOff<S::Group>>, Error> {
     let mut last = None;
-    for e in entries {
+    let mut entries = entries.into_iter();
+    while let Some(e) = entries.next() {
         last = Some((e.index, e.term));
         let waiter = take_waiter(r, e.index, e.term, answers);
         match e.get_entry_type() {
@@ -97,10 +113,14 @@ pub(super) fn apply_entries<S: StateMachine>(
                     }
                     continue;
                 }
+                let mut split = None;
                 let resp = match S::Command::decode(e.data.as_ref()) {
                     Ok(cmd) => {
                         let mut ctx = batch.context(engine, &r.group, e.index);
-                        match r.sm.apply(&mut ctx, cmd) {
+                        ctx.joint = !r.raw.store().conf_state().voters_outgoing.is_empty();
+                        let applied = r.sm.apply(&mut ctx, cmd);
+                        split = ctx.take_split();
+                        match applied {
                             Ok(resp) => resp,
                             Err(err) => {
                                 if let Some(w) = waiter {
@@ -114,6 +134,17 @@ pub(super) fn apply_entries<S: StateMachine>(
                 };
                 if let Some(Waiter::Cmd(cb)) = waiter {
                     answers.push(Answer::Cmd(cb, resp));
+                }
+                if let Some(split) = split {
+                    r.group = split.narrowed;
+                    write_replica_state(engine, r, &mut batch.wb);
+                    r.raw.mut_store().set_applied(&mut batch.wb, e.index, e.term);
+                    return Ok(Some(SplitOff {
+                        new: split.new,
+                        index: e.index,
+                        term: e.term,
+                        rest: entries.collect(),
+                    }));
                 }
             }
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -141,7 +172,13 @@ pub(super) fn apply_entries<S: StateMachine>(
     if let Some((index, term)) = last {
         r.raw.mut_store().set_applied(&mut batch.wb, index, term);
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Persists the replica's descriptor (after a membership change or a split).
+fn write_replica_state<S: StateMachine>(engine: &Engine, r: &Replica<S>, wb: &mut WriteBatch) {
+    let st = ReplicaState { group: r.group.encode(), replica_id: r.replica_id, ..Default::default() };
+    engine.put_cf(wb, Cf::Meta, &keys::replica_state_key(r.id()), &st.encode_to_vec());
 }
 
 /// The waiter of the proposal at (index, term); superseded ones are answered.
@@ -215,8 +252,7 @@ fn apply_conf_change<S: StateMachine>(
         r.removed = true;
     }
     r.raw.mut_store().set_conf_state(cs);
-    let st = ReplicaState { group: r.group.encode(), replica_id: r.replica_id, ..Default::default() };
-    engine.put_cf(wb, Cf::Meta, &keys::replica_state_key(r.id()), &st.encode_to_vec());
+    write_replica_state(engine, r, wb);
     Ok(())
 }
 

@@ -73,15 +73,20 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 Err(e) => Err(Error::Corrupt(format!("replica state: {e}"))),
             };
             if let Err(e) = opened {
-                tracing::error!(group_id, "replica cannot open, fenced off: {e}");
-                self.failed.insert(group_id, FailedReplica { group, replica_id, reason: format!("open: {e}") });
+                self.failed_to_open(group_id, group, replica_id, e);
             }
         }
-        self.metrics.replicas_failed.set(self.failed.len() as i64);
         Ok(())
     }
 
-    fn open_replica(&mut self, state: ReplicaState) -> Result<()> {
+    /// Fences off a replica that cannot be opened.
+    pub(super) fn failed_to_open(&mut self, group_id: u64, group: S::Group, replica_id: u64, e: Error) {
+        tracing::error!(group_id, "replica cannot open, fenced off: {e}");
+        self.failed.insert(group_id, FailedReplica { group, replica_id, reason: format!("open: {e}") });
+        self.metrics.replicas_failed.set(self.failed.len() as i64);
+    }
+
+    pub(super) fn open_replica(&mut self, state: ReplicaState) -> Result<()> {
         let group = S::Group::decode(&state.group).map_err(|e| Error::Corrupt(format!("group descriptor: {e}")))?;
         if state.lifecycle == ReplicaLifecycle::ApplyingSnapshot as i32 {
             tracing::info!(group = group.id(), "finishing a snapshot interrupted by a restart");

@@ -41,6 +41,7 @@ mod read_index;
 mod replica;
 mod requests;
 mod snapshots;
+mod split;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -109,6 +110,8 @@ pub struct RaftLoop<S: StateMachine, T: Transport> {
     ticks: u64,
     /// Snapshot files being generated.
     generating: usize,
+    /// Messages for groups with no replica here yet (see `split.rs`).
+    stash: split::Stash,
     new_sm: Box<dyn Fn() -> S + Send>,
 }
 
@@ -144,6 +147,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             logger: crate::logger(),
             ticks: 0,
             generating: 0,
+            stash: split::Stash::default(),
             new_sm: Box::new(new_sm),
         };
         lp.open_persisted()?;
@@ -283,6 +287,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         }
         if self.ticks.is_multiple_of(10) {
             self.update_gauges();
+            self.stash.expire(now);
         }
     }
 

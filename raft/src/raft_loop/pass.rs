@@ -12,6 +12,7 @@ use rocksdb::WriteBatch;
 use super::api::Transport;
 use super::apply::{apply_entries, maybe_compact, Answer};
 use super::replica::{Lifecycle, Replica};
+use super::split::SplitChild;
 use super::RaftLoop;
 use crate::engine::{concat_batches, Cf};
 use crate::keys;
@@ -78,6 +79,15 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 };
                 let path = self.snap_dir.received(*id, md.term, md.index);
                 r.raw.mut_store().apply_snapshot_meta(&mut wb, snap);
+                // The replica may hold more than the snapshot covers (it
+                // predates a split that narrowed the group): what the new
+                // ranges leave out belongs to no replica here (a replica of
+                // the split's new group could not have been created over it),
+                // so it goes in the same batch.
+                let new_ranges = group.state_ranges();
+                for old in r.group.state_ranges().into_iter().filter(|o| !new_ranges.contains(o)) {
+                    self.engine.delete_range_cf(&mut wb, old.cf, &old.lo, &old.hi);
+                }
                 r.group = group;
                 let st = ReplicaState {
                     group: r.group.encode(),
@@ -114,6 +124,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let mut batches = Vec::new();
         let mut answers: Vec<Answer<S>> = Vec::new();
         let mut applied = Vec::new();
+        let mut children = Vec::new();
         let mut readies: HashMap<u64, raft::Ready> = readies.into_iter().collect();
         for id in &dirty {
             let Some(r) = self.replicas.get_mut(id) else { continue };
@@ -148,16 +159,21 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             }
             let n = committed.len() as u64;
             let mut mine = Vec::new();
-            match apply_entries(&self.engine, r, committed, &mut batch, &mut mine) {
+            let children_before = children.len();
+            match self.apply_committed(*id, committed, &mut batch, &mut mine, &mut children) {
                 Ok(()) => {
                     self.metrics.raft_entries_applied.inc_by(n);
-                    maybe_compact(r, &mut batch.wb, &self.cfg.raft);
+                    if let Some(r) = self.replicas.get_mut(id) {
+                        maybe_compact(r, &mut batch.wb, &self.cfg.raft);
+                    }
                     batches.push(batch.take());
                     answers.append(&mut mine);
                     applied.push(*id);
                 }
                 Err(e) => {
-                    // Nothing of this replica's pass is written.
+                    // Nothing of this replica's pass is written (nor any
+                    // replica its splits would have created).
+                    children.truncate(children_before);
                     mine.into_iter().for_each(Answer::abandon);
                     failures.push((*id, format!("apply: {e}")));
                 }
@@ -168,6 +184,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 panic!("writing applied entries: {e}");
             }
         }
+        self.open_split_children(children);
         self.flush(out);
         answers.into_iter().for_each(Answer::send);
         for id in applied {
@@ -187,6 +204,29 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 self.dirty.insert(id);
             }
             self.maybe_generate_snapshot(id);
+        }
+    }
+
+    /// Applies a replica's committed entries into `batch`, creating the
+    /// replicas of the groups its splits make (opened by the caller once the
+    /// batch is written).
+    fn apply_committed(
+        &mut self,
+        id: u64,
+        mut entries: Vec<raft::prelude::Entry>,
+        batch: &mut ApplyBatch,
+        answers: &mut Vec<Answer<S>>,
+        children: &mut Vec<SplitChild>,
+    ) -> crate::error::Result<()> {
+        loop {
+            let Some(r) = self.replicas.get_mut(&id) else { return Ok(()) };
+            let Some(off) = apply_entries(&self.engine, r, entries, batch, answers)? else { return Ok(()) };
+            let (parent, led) = (r.group.clone(), r.is_leader);
+            tracing::info!(group = id, index = off.index, new_group = off.new.id(), "split applied");
+            if let Some(child) = self.split_child(&parent, led, &off, batch)? {
+                children.push(child);
+            }
+            entries = off.rest;
         }
     }
 

@@ -56,7 +56,17 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
     /// another group are dropped: Raft tolerates lost messages, not wrong ones.
     pub(super) fn step(&mut self, group_id: u64, from_node: u64, msg: RaftMsg) {
         let Some(r) = self.replicas.get_mut(&group_id) else {
-            self.metrics.raft_messages_dropped.inc();
+            // A group a split here is about to create (the new group's
+            // leader applied it first): kept briefly. Never for a group
+            // whose replica was removed or fenced off here.
+            let known = self.tombstones.contains_key(&group_id)
+                || self.failed.contains_key(&group_id)
+                || self.destroying.contains(&group_id);
+            if !known && self.stash.keep(group_id, from_node, msg, Instant::now()) {
+                self.metrics.raft_messages_stashed.inc();
+            } else {
+                self.metrics.raft_messages_dropped.inc();
+            }
             return;
         };
         if msg.to != r.replica_id {

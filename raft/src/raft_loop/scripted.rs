@@ -57,7 +57,13 @@
 //! - `get <n> k [mode=leader|follower|local] [timeout=0]`: a read; once safe,
 //!   the key is read from that node's engine.
 //! - `change <n> [expect=V/CV] add-voter=R@N add-learner=R@N remove=R`.
-//! - `create <n> replica=R [bootstrap] [campaign]`, `remove-replica <n>`.
+//! - `create <n> replica=R [bootstrap] [campaign] [from=<n>]`,
+//!   `remove-replica <n>`.
+//! - `split <n> at=K new=G ids=R,R,.. [version=V]`: split the group at key K;
+//!   group G takes the keys from K on, with replica ids R (one per member,
+//!   in replica id order).
+//! - Groups are key ranges of their first ancestor's key space: `dump`
+//!   prints the group's own range, `put` outside it is refused.
 //! - `status [<n>..]` (replicas and tombstones), `dump <n>` (the group's
 //!   keys), `metrics <n>`, `progress <n>` (a leader's view of its followers).
 //! - `send-raw <n> from=R to=R term=T`: a heartbeat from nowhere;
@@ -257,7 +263,11 @@ fn fmt_group(g: &TestGroup) -> String {
         ids(MemberRole::Learner),
         g.version,
         g.conf_ver
-    )
+    ) + &if g.lo.is_empty() && g.hi.is_empty() {
+        String::new()
+    } else {
+        format!(" keys={}..{}", String::from_utf8_lossy(&g.lo), String::from_utf8_lossy(&g.hi))
+    }
 }
 
 fn fmt_value(v: Option<Vec<u8>>) -> String {
@@ -377,7 +387,7 @@ impl Cluster {
             .iter()
             .map(|n| Member { replica_id: 10 * g + n, node_id: *n, role: MemberRole::Voter as i32 })
             .collect();
-        TestGroup { id: g, members, conf_ver: 1, version: 1 }
+        TestGroup { id: g, members, conf_ver: 1, version: 1, ..Default::default() }
     }
 
     /// Opens node `id`'s loop from its directory.
@@ -537,7 +547,11 @@ impl Cluster {
                     match rx.try_recv() {
                         Ok(Ok(_)) => {
                             let lp = self.lp(p.node);
-                            let v = lp.engine.get(Cf::Data, &data_key(p.group, key.as_bytes())).expect("a read");
+                            let k = lp
+                                .replicas
+                                .get(&p.group)
+                                .map_or_else(|| data_key(p.group, key.as_bytes()), |r| r.group.key(key.as_bytes()));
+                            let v = lp.engine.get(Cf::Data, &k).expect("a read");
                             Ok(format!("{key}={}", fmt_value(v)))
                         }
                         Ok(Err(e)) => Ok(fmt_err(&e)),
@@ -677,12 +691,29 @@ impl Cluster {
                     value: v.as_bytes().to_vec(),
                     fail: a.flag("fail"),
                     version: a.num("version", 0),
+                    ..Default::default()
                 };
                 let (tx, rx) = oneshot::channel();
                 let deadline = a.deadline();
                 self.lp(n).handle(LoopRequest::Propose { group_id: g, cmd, deadline, cb: tx });
                 let fail = if a.flag("fail") { " (fails at apply)" } else { "" };
                 self.request(n, g, format!("put {k}={v}{fail}"), Rx::Cmd(rx));
+            }
+            "split" => {
+                let n = a.node();
+                let at = a.get("at").expect("split: at=KEY").to_string();
+                let new_group = a.num("new", 0);
+                let cmd = TestCommand {
+                    split_at: at.clone().into_bytes(),
+                    new_group,
+                    new_replica_ids: a.list("ids").expect("split: ids=R,R,.."),
+                    version: a.num("version", 0),
+                    ..Default::default()
+                };
+                let (tx, rx) = oneshot::channel();
+                let deadline = a.deadline();
+                self.lp(n).handle(LoopRequest::Propose { group_id: g, cmd, deadline, cb: tx });
+                self.request(n, g, format!("split at={at} new=g{new_group}"), Rx::Cmd(rx));
             }
             "get" => {
                 let n = a.node();
@@ -732,7 +763,12 @@ impl Cluster {
             "create" => {
                 let n = a.node();
                 let replica_id = a.num("replica", 10 * g + n);
-                let group = self.initial_group(g);
+                // `from=N`: the group as node N's replica has it (placement
+                // hands a node the descriptor it knows); else the initial one.
+                let group = match a.get("from") {
+                    Some(f) => self.lp(f.parse().expect("a node id")).replicas[&g].group.clone(),
+                    None => self.initial_group(g),
+                };
                 let (bootstrap, campaign) = (a.flag("bootstrap"), a.flag("campaign"));
                 let (tx, rx) = oneshot::channel();
                 self.lp(n).handle(LoopRequest::CreateReplica { group, replica_id, bootstrap, campaign, cb: tx });
@@ -761,8 +797,11 @@ impl Cluster {
             "dump" => {
                 let n = a.node();
                 let lp = self.lp(n);
-                let (lo, hi) = (g.to_be_bytes(), (g + 1).to_be_bytes());
-                let mut it = lp.engine.iter_range(Cf::Data, &lo, &hi);
+                let range = match lp.replicas.get(&g) {
+                    Some(r) => r.group.state_ranges().remove(0),
+                    None => TestGroup { id: g, ..Default::default() }.state_ranges().remove(0),
+                };
+                let mut it = lp.engine.iter_range(Cf::Data, &range.lo, &range.hi);
                 let mut kvs = Vec::new();
                 while let (Some(k), Some(v)) = (it.key(), it.value()) {
                     kvs.push(format!("{}={}", String::from_utf8_lossy(&k[8..]), String::from_utf8_lossy(v)));
@@ -1040,6 +1079,8 @@ scripts! {
     restart_of_the_leader,
     snapshot_catch_up_after_log_compaction,
     installing_replica_does_not_campaign,
+    split_creates_the_new_group_on_every_node,
+    split_races,
     snapshot_for_a_member_added_after_it_was_generated,
     snapshot_naming_another_group_is_refused,
     stale_version_proposal_is_answered_stale,

@@ -29,6 +29,7 @@ fn single_voter(id: u64) -> TestGroup {
         members: vec![Member { replica_id: id * 10, node_id: 1, role: MemberRole::Voter as i32 }],
         conf_ver: 1,
         version: 1,
+        ..Default::default()
     }
 }
 

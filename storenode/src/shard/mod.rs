@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 
 mod descriptor;
+pub mod split;
 pub use descriptor::{to_member, to_replica, Shard};
 
 const VALUE_FORMAT_V1: u8 = 1;
@@ -159,6 +160,7 @@ impl ShardStateMachine {
                 }
                 CmdResult::Txn(TxnResponse { succeeded: holds, current })
             }
+            Op::Split(s) => split::apply(ctx, s)?,
         })
     }
 
@@ -199,6 +201,14 @@ impl StateMachine for ShardStateMachine {
         err_result(Error::invalid("command", format!("undecodable: {reason}")))
     }
 
+    /// A split's new shard takes over the request-id records of its keys.
+    fn split_child(ctx: &mut ApplyContext<'_, Shard>, parent: &Shard) -> ringkv_raft::Result<()> {
+        let copied = split::carry_over_dedup(ctx, parent)
+            .map_err(|e| ringkv_raft::Error::Corrupt(format!("shard {}: {e}", parent.id)))?;
+        tracing::info!(shard = ctx.group.id, parent = parent.id, copied, "request-id records carried over by a split");
+        Ok(())
+    }
+
     /// A write routed with another epoch version is refused before it takes
     /// a log slot (apply re-checks, since the epoch may change meanwhile).
     fn check_proposal(shard: &Shard, cmd: &ShardCommand) -> Option<ShardCommandResult> {
@@ -221,17 +231,24 @@ impl ShardStateMachine {
             }
         }
         let version = ctx.group.version();
+        let hashes = cmd.op.as_ref().and_then(key_hashes);
         let result = if cmd.epoch_version != version {
             // Routed with an old range: refuse, the router refreshes and retries.
             err_result(Error::EpochMismatch(Box::new(ctx.group.0.clone())))
         } else {
-            match cmd.op {
-                Some(op) => match Self::execute(ctx, op) {
-                    Ok(r) => ok(r),
-                    Err(e @ (Error::KeyNotInShard { .. } | Error::InvalidArgument { .. })) => err_result(e),
-                    Err(e) => return Err(e),
-                },
-                None => err_result(Error::invalid("op", "missing")),
+            let done = match cmd.op {
+                Some(op) => Self::execute(ctx, op),
+                None => Err(Error::invalid("op", "missing")),
+            };
+            match done {
+                Ok(r) => ok(r),
+                Err(
+                    e @ (Error::KeyNotInShard { .. }
+                    | Error::InvalidArgument { .. }
+                    | Error::EpochMismatch(_)
+                    | Error::Retryable(_)),
+                ) => err_result(e),
+                Err(e) => return Err(e),
             }
         };
         // Only writes that changed something are remembered, without the
@@ -240,12 +257,30 @@ impl ShardStateMachine {
         // run had no effect and nobody saw its answer, so the retry is the
         // one that counts, linearized where it applies.
         if let (Some(k), true) = (dedup_key, changed_state(&result)) {
-            let rec = DedupRecord { index: ctx.index, result: Some(compact(&result)) };
+            let (min_hash, max_hash) = hashes.unwrap_or((0, u64::MAX));
+            let rec =
+                DedupRecord { index: ctx.index, result: Some(compact(&result)), min_hash, max_hash, hashed: true };
             ctx.put(Cf::Meta, &k, &rec.encode_to_vec());
             ctx.put(Cf::Meta, &keys::meta_dedup_by_index_key(shard_id, ctx.index, &cmd.request_id), &[]);
         }
         Ok(result)
     }
+}
+
+/// The lowest and highest hash of the keys `op` writes or compares.
+fn key_hashes(op: &Op) -> Option<(u64, u64)> {
+    let keys: Vec<&[u8]> = match op {
+        Op::Put(p) => vec![&p.key],
+        Op::Delete(d) => vec![&d.key],
+        Op::Cas(c) => vec![&c.key],
+        Op::BatchPut(b) => b.pairs.iter().map(|p| p.key.as_slice()).collect(),
+        Op::Txn(t) => {
+            t.compares.iter().map(|c| c.key.as_slice()).chain(t.mutations.iter().map(|m| m.key.as_slice())).collect()
+        }
+        Op::Split(_) => return None,
+    };
+    let hashes = keys.into_iter().map(keys::key_hash);
+    hashes.fold(None, |acc, h| Some(acc.map_or((h, h), |(lo, hi): (u64, u64)| (lo.min(h), hi.max(h)))))
 }
 
 /// Whether applying produced an effect that a retry must not repeat.
@@ -255,7 +290,7 @@ fn changed_state(r: &ShardCommandResult) -> bool {
         Some(CmdResult::Delete(d)) => d.existed,
         Some(CmdResult::Cas(c)) => c.succeeded,
         Some(CmdResult::Txn(t)) => t.succeeded,
-        Some(CmdResult::Error(_)) | None => false,
+        Some(CmdResult::Error(_) | CmdResult::Split(_)) | None => false,
     }
 }
 
