@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, free_addr, http, TestCluster};
+use common::{eventually, free_addr, metric, scrape, TestCluster};
 use hdrhistogram::Histogram;
 use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::ClusterStatusRequest;
@@ -22,18 +22,6 @@ use ringkv_proto::placement::ClusterStatusRequest;
 const VALUE_BYTES: usize = 64 << 10;
 const VALUES: usize = 1700; // 106 MiB
 const WRITERS: usize = 8;
-
-/// The sum of a counter (every label set matching `labels`) in Prometheus text.
-fn metric(text: &str, name: &str, labels: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-fn scrape(addr: &str) -> String {
-    String::from_utf8_lossy(&http("GET", addr, "/metrics", b"").1).into_owned()
-}
 
 /// Snapshot bytes sent by the storenodes at `addrs` (their HTTP addresses).
 fn snapshot_bytes(addrs: &[String]) -> u64 {

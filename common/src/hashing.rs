@@ -53,6 +53,19 @@ pub fn in_range(h: u64, start: u64, end: u64) -> bool {
     h >= start && (end == 0 || h < end)
 }
 
+/// Whether `h` may split the ring range `[start, end)`: strictly inside, so
+/// both halves hold at least one hash.
+pub fn splits(start: u64, end: u64, h: u64) -> bool {
+    h > start && (end == 0 || h < end)
+}
+
+/// Whether the ring ranges `[a_start, a_end)` and `[b_start, b_end)` share
+/// a hash (an end of 0 is the top of the ring).
+pub fn ranges_overlap(a_start: u64, a_end: u64, b_start: u64, b_end: u64) -> bool {
+    let end = |e: u64| if e == 0 { 1u128 << 64 } else { e as u128 };
+    (a_start as u128) < end(b_end) && (b_start as u128) < end(a_end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

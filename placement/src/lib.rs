@@ -67,6 +67,17 @@ pub struct PlacementSettings {
     pub operator_step_timeout: Duration,
     /// How long a learner may take to catch up before its operator rolls back.
     pub catch_up_timeout: Duration,
+    /// A shard whose data passes this many bytes is split at its middle
+    /// (0: never by size). TiKV's region-split-size is in the same range.
+    pub shard_max_bytes: u64,
+    /// A shard serving more requests per second than this ...
+    pub split_qps: f64,
+    /// ... in this many leader reports in a row (about a second apart) is
+    /// split where its load halves (0: never by load; TiKV's load-based
+    /// split: 3,000 QPS, 10 detections).
+    pub split_detections: u32,
+    /// Splits started per scheduling pass (shards too big or too hot).
+    pub max_splits_per_pass: usize,
 }
 
 impl PlacementSettings {
@@ -91,6 +102,10 @@ impl Default for PlacementSettings {
             max_snapshots_per_node: 1,
             operator_step_timeout: Duration::from_secs(60),
             catch_up_timeout: Duration::from_secs(10 * 60),
+            shard_max_bytes: 128 << 20,
+            split_qps: 3000.0,
+            split_detections: 10,
+            max_splits_per_pass: 4,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct SchedulerMetrics {
     pub blocked: IntGauge,
     /// 1 when every node is within one replica and one leader of its share.
     pub balanced: IntGauge,
+    /// Shards split, by reason (size, load, manual).
+    pub splits: IntCounterVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
@@ -67,6 +69,11 @@ impl SchedulerMetrics {
             balanced: register(
                 r,
                 IntGauge::new("ringkv_placement_balanced", "1 when replicas and leaders are balanced")
+                    .expect("valid metric"),
+            ),
+            splits: register(
+                r,
+                IntCounterVec::new(Opts::new("ringkv_placement_splits_total", "Shards split, by reason"), &["reason"])
                     .expect("valid metric"),
             ),
         }

@@ -105,6 +105,7 @@ impl PlacementServer {
             members: Arc::new(cfg.members.iter().cloned().collect::<HashMap<_, _>>()),
             scheduler: Default::default(),
             metrics: Arc::new(SchedulerMetrics::new(&metrics.registry)),
+            driver: Arc::new(crate::scheduler::driver::Driver::new(cfg.settings.request_timeout)),
         };
         let mut serving = Serving::default();
         let routes = tonic::transport::Server::builder()

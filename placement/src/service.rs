@@ -18,7 +18,7 @@ use ringkv_proto::placement::{
     NodeHeartbeatResponse, NodeLoad, NodeState, Operator, OperatorKind, OperatorStep, PlacementCommand,
     PlacementMember, PlannedMove, RegisterNodeRequest, RegisterNodeResponse, ReplicaAssignment, SetClusterId,
     SetMaintenanceRequest, SetMaintenanceResponse, SetNodeStateRequest, SetNodeStateResponse, ShardInfo, ShardMap,
-    ShardUpdates, StaleReplica, WatchShardMapRequest,
+    ShardStat, ShardUpdates, SplitShardRequest, SplitShardResponse, StaleReplica, WatchShardMapRequest,
 };
 use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
 use ringkv_storenode::Error;
@@ -26,6 +26,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::SchedulerMetrics;
+use crate::scheduler::driver::Driver;
+use crate::scheduler::splitter::{self, ShardStats};
 use crate::scheduler::{self, SchedulerStatus};
 use crate::state::{ClusterState, CommandError, PlacementStateMachine, Reply, Shared};
 use crate::{PlacementSettings, GROUP_ID};
@@ -40,6 +42,8 @@ pub struct Liveness {
     pub last_seen: HashMap<u64, Instant>,
     /// Replicas their nodes report fenced off: (shard id, replica id) -> why.
     pub failed: HashMap<(u64, u64), String>,
+    /// What shard leaders last reported of their shard's size and load.
+    pub shard_stats: HashMap<u64, ShardStats>,
 }
 
 impl Liveness {
@@ -76,6 +80,9 @@ pub struct PlacementService {
     pub(crate) scheduler: Arc<Mutex<SchedulerStatus>>,
     /// The scheduler's metrics.
     pub(crate) metrics: Arc<SchedulerMetrics>,
+    /// Connections to storenodes' Admin services (the scheduler's, and
+    /// splits asked by hand).
+    pub(crate) driver: Arc<Driver>,
 }
 
 /// An engine error as a gRPC status (typed details where the client can act).
@@ -303,6 +310,25 @@ impl Placement for PlacementService {
         let mut updates = Vec::new();
         for r in hb.replicas.iter().filter(|r| r.is_leader) {
             let Some(d) = &r.shard else { continue };
+            let version = d.epoch.unwrap_or_default().version;
+            let qps = r.reads_per_sec + r.writes_per_sec;
+            self.liveness.lock().shard_stats.entry(d.id).or_default().update(
+                version,
+                r.approximate_bytes,
+                qps,
+                r.load_split_hash,
+                &self.settings,
+            );
+            if !st.shards.contains_key(&d.id) {
+                // A shard a split made, reported by its leader before
+                // placement recorded the split's answer.
+                updates.push(ShardInfo {
+                    shard: Some(d.clone()),
+                    leader_node_id: hb.node_id,
+                    down_replicas: r.down_replicas,
+                });
+                continue;
+            }
             let Some(cur) = st.shards.get(&d.id) else { continue };
             let info = ShardInfo { shard: Some(d.clone()), leader_node_id: hb.node_id, down_replicas: r.down_replicas };
             if *cur != info {
@@ -456,6 +482,17 @@ impl Placement for PlacementService {
             ideal_replicas: balance.ideal_replicas,
             ideal_leaders: balance.ideal_leaders,
             balanced: balance.balanced && st.operators.is_empty() && under == 0 && blocked == 0,
+            shard_stats: {
+                let live = self.liveness.lock();
+                let mut stats: Vec<ShardStat> = st
+                    .shards
+                    .keys()
+                    .filter_map(|id| live.shard_stats.get(id).map(|x| (id, x)))
+                    .map(|(&shard_id, x)| ShardStat { shard_id, approximate_bytes: x.bytes, qps: x.qps })
+                    .collect();
+                stats.sort_by_key(|x| x.shard_id);
+                stats
+            },
         }))
     }
 
@@ -535,6 +572,14 @@ impl Placement for PlacementService {
             Reply::Operator(o) => Ok(Response::new(MoveReplicaResponse { operator: Some(o) })),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    async fn split_shard(&self, req: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
+        let r = req.into_inner();
+        self.ensure_leader().await?;
+        let st = self.shared.state.read().clone();
+        let resp = splitter::split(self, &self.driver, &st, r.shard_id, r.split_hash, "manual").await?;
+        Ok(Response::new(resp))
     }
 }
 

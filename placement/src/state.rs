@@ -195,6 +195,8 @@ pub enum Reply {
     Operator(Operator),
     /// An operator finished.
     Finished,
+    /// Fresh ids, in allocation order.
+    Ids(Vec<u64>),
 }
 
 /// What applying a placement command answers.
@@ -408,7 +410,13 @@ impl PlacementStateMachine {
         u: ShardInfo,
     ) -> bool {
         let Some(new) = u.shard.as_ref() else { return false };
-        let Some(cur) = st.shards.get(&new.id) else { return false };
+        let Some(cur) = st.shards.get(&new.id) else {
+            if !Self::admits_new_shard(st, new) {
+                return false;
+            }
+            Self::put_shard(ctx, st, u);
+            return true;
+        };
         let cur_epoch = cur.shard.as_ref().and_then(|d| d.epoch).unwrap_or_default();
         let new_epoch = new.epoch.unwrap_or_default();
         let older = (new_epoch.version, new_epoch.conf_ver) < (cur_epoch.version, cur_epoch.conf_ver);
@@ -417,6 +425,29 @@ impl PlacementStateMachine {
         }
         Self::put_shard(ctx, st, u);
         true
+    }
+
+    /// Whether a shard placement does not know is one a split made: its id
+    /// was allocated here, it has been split off (version past the first),
+    /// and every known shard it overlaps is older (the parent, before its
+    /// narrowed descriptor arrived). Anything else is not taken in.
+    fn admits_new_shard(st: &ClusterState, new: &ShardDescriptor) -> bool {
+        let version = |d: &ShardDescriptor| d.epoch.unwrap_or_default().version;
+        let valid =
+            new.id >= FIRST_ID && new.id < st.next_id && version(new) > 1 && (new.end == 0 || new.start < new.end);
+        valid
+            && st.shards.values().filter_map(|s| s.shard.as_ref()).all(|k| {
+                let meets = ringkv_common::hashing::ranges_overlap(k.start, k.end, new.start, new.end);
+                !meets || version(k) < version(new)
+            })
+    }
+
+    /// Allocates `count` fresh ids (at most 64 at once).
+    fn alloc_ids(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState, count: u32) -> CommandResult {
+        if count == 0 || count > 64 {
+            return Err(CommandError::Invalid(format!("{count} ids asked: 1 to 64 at once")));
+        }
+        Ok(Reply::Ids((0..count).map(|_| Self::alloc(ctx, st)).collect()))
     }
 
     pub(crate) fn bump(ctx: &mut ApplyContext<'_, PlacementGroup>, st: &mut ClusterState) {
@@ -444,6 +475,7 @@ impl StateMachine for PlacementStateMachine {
             Some(Op::AddOperator(a)) => Self::add_operator(ctx, &mut st, a.operator.unwrap_or_default()),
             Some(Op::AdvanceOperator(a)) => Self::advance_operator(ctx, &mut st, a),
             Some(Op::FinishOperator(f)) => Self::finish_operator(ctx, &mut st, f),
+            Some(Op::AllocIds(a)) => Self::alloc_ids(ctx, &mut st, a.count),
             None => Err(CommandError::Invalid("empty command".into())),
         };
         let version = st.version;

@@ -40,6 +40,10 @@ pub struct RaftMetrics {
     pub replicas_failed: IntGauge,
     /// Replicas this node created by applying a split.
     pub splits: IntCounter,
+    /// Bytes (keys and values) state machines wrote while applying, by
+    /// column family: with no snapshot installed, a split adds nothing to
+    /// the `data` CF's count.
+    pub apply_bytes: IntCounterVec,
     /// Messages for a group with no replica here kept until a split creates it.
     pub raft_messages_stashed: IntCounter,
     /// 1 if this replica leads its group.
@@ -123,6 +127,17 @@ impl RaftMetrics {
                     .expect("valid metric"),
             ),
             splits: counter(r, "ringkv_raft_split_replicas_created_total", "Replicas created by applying a split"),
+            apply_bytes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ringkv_raft_apply_bytes_written_total",
+                        "Bytes state machines put while applying, by column family",
+                    ),
+                    &["cf"],
+                )
+                .expect("valid metric"),
+            ),
             raft_messages_stashed: counter(
                 r,
                 "ringkv_raft_messages_stashed_total",

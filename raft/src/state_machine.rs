@@ -139,6 +139,9 @@ pub struct ApplyContext<'a, G> {
 pub struct ApplyBatch {
     pub(crate) wb: WriteBatch,
     overlay: HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
+    /// Bytes (keys and values) the state machines put, by column family
+    /// (indexed by [`Cf::as_u8`]): what apply wrote, for the metrics.
+    put_bytes: [u64; 3],
 }
 
 impl ApplyBatch {
@@ -151,6 +154,11 @@ impl ApplyBatch {
     pub fn take(&mut self) -> WriteBatch {
         self.overlay.clear();
         std::mem::take(&mut self.wb)
+    }
+
+    /// Takes the bytes put so far, by column family (see `put_bytes`).
+    pub(crate) fn take_put_bytes(&mut self) -> [u64; 3] {
+        std::mem::take(&mut self.put_bytes)
     }
 
     /// A context for applying entry `index` of `group` into this batch.
@@ -187,6 +195,7 @@ impl<G> ApplyContext<'_, G> {
     /// Writes a key.
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.engine.put_cf(&mut self.batch.wb, cf, key, value);
+        self.batch.put_bytes[cf.as_u8() as usize] += (key.len() + value.len()) as u64;
         self.batch.overlay.insert((cf.as_u8(), key.to_vec()), Some(value.to_vec()));
     }
 
@@ -206,7 +215,7 @@ impl<G> ApplyContext<'_, G> {
             keys.insert(k.to_vec());
             // Stored keys beyond `limit` plus all overlay deletes could still
             // be needed; stop once enough survive any overlay delete.
-            if keys.len() > limit + self.batch.overlay.len() {
+            if keys.len() > limit.saturating_add(self.batch.overlay.len()) {
                 break;
             }
             it.next();

@@ -39,6 +39,9 @@ pub struct StorenodeConfig {
     pub capacity: u64,
     /// Interval between heartbeats to placement, in milliseconds (positive).
     pub heartbeat_ms: u64,
+    /// How often the sizes of the shards this node leads are measured for
+    /// placement's size-based split, in milliseconds (positive).
+    pub size_check_ms: u64,
     /// The Raft engine's settings (`[raft]`).
     pub raft: RaftConfig,
     /// Request limits (`[limits]`).
@@ -68,6 +71,7 @@ impl Default for StorenodeConfig {
             zone: String::new(),
             capacity: 1,
             heartbeat_ms: 1000,
+            size_check_ms: 10_000,
             raft: RaftConfig::default(),
             limits: Limits::default(),
         }
@@ -117,8 +121,8 @@ impl StorenodeConfig {
         if self.node_id == 0 && self.placement.is_empty() {
             return bad("node_id must be non-zero without placement (with placement, 0 lets it allocate one)");
         }
-        if self.heartbeat_ms == 0 || self.capacity == 0 {
-            return bad("heartbeat_ms and capacity must be positive");
+        if self.heartbeat_ms == 0 || self.capacity == 0 || self.size_check_ms == 0 {
+            return bad("heartbeat_ms, size_check_ms and capacity must be positive");
         }
         if self.limits.max_key_bytes == 0 || self.limits.max_key_bytes > MAX_KEY_LEN_HARD {
             return bad("limits.max_key_bytes must be between 1 and 65536");

@@ -4,8 +4,9 @@
 //! carries every storenode's address, the replicas this node should create
 //! and the stale ones it should delete (moved away while it was down).
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::{NodeHeartbeatRequest, RegisterNodeRequest, ReplicaReport};
@@ -14,8 +15,13 @@ use ringkv_raft::transport::AddressBook;
 use ringkv_raft::{LoopHandle, LoopRequest};
 use tokio::sync::watch;
 
+use ringkv_raft::engine::Engine;
+use ringkv_raft::Group;
+
+use crate::load::ShardLoad;
 use crate::service::admin::status_to_proto;
 use crate::shard::{Shard, ShardStateMachine};
+use crate::sizes::{DataLayout, ShardData};
 
 /// A follower trailing its leader by more entries than this counts as down.
 const LAGGING_ENTRIES: u64 = 1000;
@@ -34,6 +40,39 @@ pub struct Heartbeat {
     pub address_book: Arc<AddressBook>,
     /// Time between heartbeats (and between registration attempts).
     pub interval: Duration,
+    /// The node's RocksDB, whose metadata gives the shards' sizes.
+    pub engine: Engine,
+    /// Requests served per shard since the last heartbeat.
+    pub load: Arc<ShardLoad>,
+    /// How often the sizes of the shards this node leads are measured.
+    pub size_check: Duration,
+}
+
+/// What the heartbeat keeps between beats.
+#[derive(Default)]
+struct Measured {
+    /// When sizes were last measured, and the last beat.
+    sizes_at: Option<Instant>,
+    beat_at: Option<Instant>,
+    /// Shard id -> (descriptor version measured under, bytes).
+    sizes: HashMap<u64, (u64, u64)>,
+}
+
+/// Measures the sizes of `shards` ((id, version, start, end)) on a blocking
+/// thread.
+async fn measure(engine: &Engine, shards: Vec<(u64, u64, u64, u64)>) -> Result<HashMap<u64, (u64, u64)>, String> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let layout = DataLayout::read(&engine).map_err(|e| e.to_string())?;
+        let mut out = HashMap::new();
+        for (id, version, start, end) in shards {
+            let data = ShardData::measure(&engine, &layout, start, end).map_err(|e| e.to_string())?;
+            out.insert(id, (version, data.bytes()));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| format!("measuring shard sizes: {e}"))?
 }
 
 fn report(r: ReplicaStatus) -> ReplicaReport {
@@ -54,6 +93,7 @@ fn report(r: ReplicaStatus) -> ReplicaReport {
         applied_index: r.applied_index,
         down_replicas: down,
         failure: r.failure,
+        ..Default::default()
     }
 }
 
@@ -61,6 +101,7 @@ impl Heartbeat {
     /// Registers, then heartbeats every `interval` until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut registered = false;
+        let mut measured = Measured::default();
         loop {
             if !registered {
                 let req = self.register.clone();
@@ -78,7 +119,7 @@ impl Heartbeat {
                 }
             }
             if registered {
-                if let Err(e) = self.beat().await {
+                if let Err(e) = self.beat(&mut measured).await {
                     tracing::warn!("heartbeat to placement: {e}");
                 }
             }
@@ -89,9 +130,42 @@ impl Heartbeat {
         }
     }
 
-    async fn beat(&self) -> Result<(), String> {
+    async fn beat(&self, m: &mut Measured) -> Result<(), String> {
         let status = self.loop_handle.status(Vec::new()).await.map_err(|e| e.to_string())?;
-        let replicas: Vec<ReplicaReport> = status.iter().cloned().map(|s| report(status_to_proto(s))).collect();
+        let now = Instant::now();
+        if m.sizes_at.is_none_or(|t| now.duration_since(t) >= self.size_check) {
+            let led = status
+                .iter()
+                .filter(|s| s.is_leader)
+                .map(|s| (s.group_id, s.group.version(), s.group.start, s.group.end))
+                .collect();
+            match measure(&self.engine, led).await {
+                Ok(sizes) => m.sizes = sizes,
+                Err(e) => tracing::warn!("{e}"),
+            }
+            m.sizes_at = Some(now);
+        }
+        let secs = m.beat_at.map_or(self.interval, |t| now.duration_since(t)).as_secs_f64().max(0.001);
+        m.beat_at = Some(now);
+        let load = self.load.take();
+        let replicas: Vec<ReplicaReport> = status
+            .iter()
+            .cloned()
+            .map(|s| {
+                let (id, version) = (s.group_id, s.group.version());
+                let mut r = report(status_to_proto(s));
+                if r.is_leader {
+                    // Sizes measured under an older version (before a split)
+                    // say nothing of the shard now.
+                    r.approximate_bytes = m.sizes.get(&id).filter(|(v, _)| *v == version).map_or(0, |(_, b)| *b);
+                    let l = load.get(&id).copied().unwrap_or_default();
+                    r.reads_per_sec = l.reads as f64 / secs;
+                    r.writes_per_sec = l.writes as f64 / secs;
+                    r.load_split_hash = l.split_hash;
+                }
+                r
+            })
+            .collect();
         let req = NodeHeartbeatRequest { node_id: self.node_id, replicas };
         let resp = self
             .client

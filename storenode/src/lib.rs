@@ -23,10 +23,12 @@ pub mod error;
 pub mod heartbeat;
 pub mod identity;
 pub mod keys;
+pub mod load;
 pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod shard;
+pub mod sizes;
 pub mod testkit;
 
 /// The engine crate, re-exported for the processes built on the storenode.

@@ -15,6 +15,7 @@ use crate::config::StorenodeConfig;
 use crate::error::Error;
 use crate::heartbeat::Heartbeat;
 use crate::identity;
+use crate::load::ShardLoad;
 use crate::metrics::Metrics;
 use crate::service::admin::AdminService;
 use crate::service::kv::KvService;
@@ -94,8 +95,16 @@ impl Storenode {
         let loop_handle = raft.loop_handle.clone();
 
         let mut serving = Serving::default();
-        let kv = KvService::new(loop_handle.clone(), raft.engine.clone(), cfg.limits.clone(), metrics.clone());
-        let admin = AdminService::new(node_id, loop_handle.clone(), book.clone(), cfg.limits.request_timeout());
+        let load = Arc::new(ShardLoad::default());
+        let kv =
+            KvService::new(loop_handle.clone(), raft.engine.clone(), cfg.limits.clone(), metrics.clone(), load.clone());
+        let admin = AdminService::new(
+            node_id,
+            loop_handle.clone(),
+            raft.engine.clone(),
+            book.clone(),
+            cfg.limits.request_timeout(),
+        );
         let routes = tonic::transport::Server::builder()
             .add_service(ShardKvServer::new(kv).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
             .add_service(AdminServer::new(admin))
@@ -114,6 +123,9 @@ impl Storenode {
                 loop_handle: loop_handle.clone(),
                 address_book: book.clone(),
                 interval: Duration::from_millis(cfg.heartbeat_ms),
+                engine: raft.engine.clone(),
+                load,
+                size_check: Duration::from_millis(cfg.size_check_ms),
             };
             let stopped = serving.stopped();
             serving.spawn(hb.run(stopped));

@@ -112,6 +112,8 @@ impl Cluster {
             shards,
             replication_factor: 3,
             router_timeout_ms: Some(2000),
+            placement_flags: Vec::new(),
+            storenode_flags: Vec::new(),
         };
         let mut procs = Vec::new();
         let mut add = |role: Role, i: usize, ip: String, args: Vec<String>, membership: Membership| {

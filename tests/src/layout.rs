@@ -22,6 +22,9 @@ pub struct Layout {
     pub replication_factor: usize,
     /// A router's default request deadline, if not its own default.
     pub router_timeout_ms: Option<u64>,
+    /// More flags for every placement member and every storenode.
+    pub placement_flags: Vec<String>,
+    pub storenode_flags: Vec<String>,
 }
 
 /// Raft ticks of the test clusters: elections after 0.5-1 s.
@@ -52,6 +55,7 @@ impl Layout {
         for (m, addr) in self.placement.iter().enumerate() {
             args.extend(flags(&[("--member", format!("{}={addr}", m + 1))]));
         }
+        args.extend(self.placement_flags.iter().cloned());
         args
     }
 
@@ -84,6 +88,7 @@ impl Layout {
         for p in &self.placement {
             args.extend(flags(&[("--placement", p.clone())]));
         }
+        args.extend(self.storenode_flags.iter().cloned());
         args
     }
 
@@ -118,6 +123,8 @@ mod tests {
             shards: 4,
             replication_factor: 1,
             router_timeout_ms: Some(2000),
+            placement_flags: Vec::new(),
+            storenode_flags: Vec::new(),
         };
         let p = l.placement_args(1).join(" ");
         assert!(p.starts_with("placement --id 2 --listen b:1 --data-dir /d/placement-2"), "{p}");

@@ -10,6 +10,7 @@ use ringkv_placement::operator::{kind_name, step_name};
 use ringkv_proto::placement::{
     CancelOperatorRequest, ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, ListOperatorsRequest,
     MoveReplicaRequest, Node, NodeState, Operator, SetMaintenanceRequest, SetNodeStateRequest, ShardInfo, ShardMap,
+    SplitShardRequest,
 };
 use serde::Serialize;
 
@@ -108,6 +109,17 @@ pub enum ShardCmd {
     /// One shard in detail.
     Show {
         id: u64,
+        #[command(flatten)]
+        conn: PlacementConn,
+    },
+    /// Split a shard in two on the same storenodes (no data moves): at
+    /// `--at HASH`, or where its data halves.
+    Split {
+        id: u64,
+        /// The hash the new shard starts at (decimal or 0x hex), strictly
+        /// inside the shard's range.
+        #[arg(long, value_parser = parse_hash)]
+        at: Option<u64>,
         #[command(flatten)]
         conn: PlacementConn,
     },
@@ -237,6 +249,10 @@ struct ShardRow {
     replicas: Vec<String>,
     leader_node: u64,
     down_replicas: u32,
+    /// Approximate bytes on disk, as the leader last measured (0: not yet).
+    approximate_bytes: u64,
+    /// Requests per second the leader served lately.
+    qps: f64,
 }
 
 fn shard_row(s: &ShardInfo) -> ShardRow {
@@ -255,7 +271,67 @@ fn shard_row(s: &ShardInfo) -> ShardRow {
             .collect(),
         leader_node: s.leader_node_id,
         down_replicas: s.down_replicas,
+        approximate_bytes: 0,
+        qps: 0.0,
     }
+}
+
+/// Shard rows with the sizes and loads placement's leader last heard of
+/// (left at 0 if it cannot say).
+async fn shard_rows(c: &PlacementConn, shards: &[ShardInfo]) -> Vec<ShardRow> {
+    let status = c.client().ok().map(|pc| async move {
+        pc.call(c.timeout(), |mut p| async move { p.cluster_status(ClusterStatusRequest {}).await }).await
+    });
+    let stats = match status {
+        Some(f) => f.await.map(|s| s.shard_stats).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    shards
+        .iter()
+        .map(|s| {
+            let mut row = shard_row(s);
+            if let Some(x) = stats.iter().find(|x| x.shard_id == row.id) {
+                row.approximate_bytes = x.approximate_bytes;
+                row.qps = x.qps;
+            }
+            row
+        })
+        .collect()
+}
+
+/// Bytes as people read them.
+fn human_bytes(b: u64) -> String {
+    match b {
+        0 => "-".into(),
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}
+
+const SHARD_HEADER: &[&str] = &["id", "range", "epoch", "replicas", "leader node", "size", "qps"];
+
+fn shard_cells(s: &ShardRow) -> Vec<String> {
+    vec![
+        s.id.to_string(),
+        format!("[{}, {})", s.start, s.end),
+        format!("{}/{}", s.version, s.conf_ver),
+        s.replicas.join(" "),
+        s.leader_node.to_string(),
+        human_bytes(s.approximate_bytes),
+        format!("{:.0}", s.qps),
+    ]
+}
+
+/// A ring hash as typed: decimal, or hex with `0x` (as `shard list` prints
+/// ranges, without it).
+fn parse_hash(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("{s:?}: expected a hash, decimal or 0x-prefixed hex (e.g. 0x8000000000000000)"))
 }
 
 pub async fn shard_map(c: &PlacementConn) -> anyhow::Result<ShardMap> {
@@ -405,20 +481,9 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<()> {
     match cmd {
         ShardCmd::List(c) => {
             let map = shard_map(&c).await?;
-            let rows: Vec<ShardRow> = map.shards.iter().map(shard_row).collect();
-            let table = rows
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.to_string(),
-                        format!("[{}, {})", s.start, s.end),
-                        format!("{}/{}", s.version, s.conf_ver),
-                        s.replicas.join(" "),
-                        s.leader_node.to_string(),
-                    ]
-                })
-                .collect();
-            print(c.output, &rows, &["id", "range", "epoch", "replicas", "leader node"], table)
+            let rows = shard_rows(&c, &map.shards).await;
+            let table = rows.iter().map(shard_cells).collect();
+            print(c.output, &rows, SHARD_HEADER, table)
         }
         ShardCmd::Show { id, conn } => {
             let map = shard_map(&conn).await?;
@@ -437,6 +502,24 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<()> {
                 vec!["down replicas".into(), row.down_replicas.to_string()],
             ];
             print(conn.output, &row, &["field", "value"], table)
+        }
+        ShardCmd::Split { id, at, conn } => {
+            if at == Some(0) {
+                anyhow::bail!("hash 0 is not strictly inside any shard's range: no shard can split there");
+            }
+            let req = SplitShardRequest { shard_id: id, split_hash: at.unwrap_or(0) };
+            let r = conn
+                .client()?
+                .call(conn.timeout(), |mut p| async move { p.split_shard(req).await })
+                .await
+                .map_err(placement_err)?;
+            let rows: Vec<ShardRow> = [r.left, r.right]
+                .into_iter()
+                .flatten()
+                .map(|d| shard_row(&ShardInfo { shard: Some(d), ..Default::default() }))
+                .collect();
+            let table = rows.iter().map(shard_cells).collect();
+            print(conn.output, &rows, SHARD_HEADER, table)
         }
         ShardCmd::Move { id, from, to, conn } => {
             let req = MoveReplicaRequest { shard_id: id, from_node: from, to_node: to };

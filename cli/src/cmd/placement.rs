@@ -63,6 +63,18 @@ pub struct Args {
     /// Raft tick in milliseconds. Default 100.
     #[arg(long)]
     raft_tick_ms: Option<u64>,
+    /// Split a shard whose data passes this size, at its middle (e.g. 128MiB,
+    /// 1GiB; 0: never by size). Default 128MiB.
+    #[arg(long, value_parser = super::parse_bytes)]
+    shard_max_bytes: Option<u64>,
+    /// Split a shard that serves more requests per second than this ...
+    /// Default 3000.
+    #[arg(long)]
+    split_qps: Option<f64>,
+    /// ... in this many heartbeats in a row, where its load halves (0: never
+    /// by load). Default 10.
+    #[arg(long)]
+    split_detections: Option<u32>,
 }
 
 impl Args {
@@ -86,6 +98,9 @@ impl Args {
             max_snapshots_per_node: self.max_snapshots_per_node.or(f.max_snapshots_per_node),
             catch_up_timeout_secs: self.catch_up_timeout_secs.or(f.catch_up_timeout_secs),
             raft_tick_ms: self.raft_tick_ms.or(f.raft_tick_ms),
+            shard_max_bytes: self.shard_max_bytes.or(f.shard_max_bytes),
+            split_qps: self.split_qps.or(f.split_qps),
+            split_detections: self.split_detections.or(f.split_detections),
         })
     }
 }
@@ -121,8 +136,14 @@ pub fn config(a: Args) -> anyhow::Result<PlacementConfig> {
         max_operators_per_node: a.max_operators_per_node.unwrap_or(defaults.max_operators_per_node),
         max_snapshots_per_node: a.max_snapshots_per_node.unwrap_or(defaults.max_snapshots_per_node),
         catch_up_timeout: a.catch_up_timeout_secs.map_or(defaults.catch_up_timeout, Duration::from_secs),
+        shard_max_bytes: a.shard_max_bytes.unwrap_or(defaults.shard_max_bytes),
+        split_qps: a.split_qps.unwrap_or(defaults.split_qps),
+        split_detections: a.split_detections.unwrap_or(defaults.split_detections),
         ..defaults
     };
+    if !settings.split_qps.is_finite() || settings.split_qps <= 0.0 {
+        bail!("--split-qps must be a positive number");
+    }
     if settings.replication_factor == 0 || settings.initial_shards == 0 || settings.down_after.is_zero() {
         bail!("replication factor, initial shards and down-after must be at least 1");
     }

@@ -83,6 +83,17 @@ struct StartArgs {
     /// Give up if the cluster does not serve within this many seconds.
     #[arg(long, default_value_t = 60)]
     ready_timeout_secs: u64,
+    /// Split a shard whose data passes this size (e.g. 32MiB; 0: never).
+    /// Placement's default (128MiB) when not given.
+    #[arg(long, value_parser = super::parse_bytes)]
+    shard_max_bytes: Option<u64>,
+    /// Split a shard serving more requests per second than this, for
+    /// `--split-detections` heartbeats in a row. Placement's defaults (3000,
+    /// 10) when not given.
+    #[arg(long)]
+    split_qps: Option<f64>,
+    #[arg(long)]
+    split_detections: Option<u32>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -177,6 +188,10 @@ fn storenode_args(info: &ProcessInfo, placement: &[String]) -> Vec<String> {
         info.http.clone(),
         "--data-dir".into(),
         info.data_dir.display().to_string(),
+        // A laptop cluster's shards are small: measure them often, so that
+        // a playground started with one shard splits as data arrives.
+        "--size-check-ms".into(),
+        "2000".into(),
     ];
     for p in placement {
         args.extend(["--placement".into(), p.clone()]);
@@ -316,6 +331,15 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
         for m in &members {
             args.extend(["--member".into(), m.clone()]);
         }
+        if let Some(b) = a.shard_max_bytes {
+            args.extend(["--shard-max-bytes".into(), b.to_string()]);
+        }
+        if let Some(q) = a.split_qps {
+            args.extend(["--split-qps".into(), q.to_string()]);
+        }
+        if let Some(d) = a.split_detections {
+            args.extend(["--split-detections".into(), d.to_string()]);
+        }
         children.spawn(pi, args)?;
     }
     for (i, &(g, h)) in storenode_ports.iter().enumerate() {
@@ -449,6 +473,9 @@ mod tests {
             shards: 16,
             port_base,
             ready_timeout_secs: 60,
+            shard_max_bytes: None,
+            split_qps: None,
+            split_detections: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Args {
     /// Compact a replica's log past this many applied entries.
     #[arg(long)]
     compact_log_entries: Option<u64>,
+    /// Measure the sizes of the shards this node leads (for size-based
+    /// splits) every this many milliseconds. Default 10000.
+    #[arg(long)]
+    size_check_ms: Option<u64>,
 }
 
 fn parse_peer(s: &str) -> anyhow::Result<Peer> {
@@ -77,6 +81,9 @@ pub fn config(a: &Args) -> anyhow::Result<StorenodeConfig> {
     }
     if let Some(v) = a.raft_tick_ms {
         cfg.raft.tick_ms = v;
+    }
+    if let Some(v) = a.size_check_ms {
+        cfg.size_check_ms = v;
     }
     if let Some(v) = a.compact_log_entries {
         cfg.raft.compact_log_entries = v;

@@ -138,6 +138,19 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn start(dir: &Path, placement: usize, storenodes: usize, routers: usize, shards: u64) -> TestCluster {
+        Self::start_with(dir, placement, storenodes, routers, shards, &[], &[])
+    }
+
+    /// `start`, with more flags for every placement member and storenode.
+    pub fn start_with(
+        dir: &Path,
+        placement: usize,
+        storenodes: usize,
+        routers: usize,
+        shards: u64,
+        placement_flags: &[&str],
+        storenode_flags: &[&str],
+    ) -> TestCluster {
         let layout = Layout {
             dir: dir.to_path_buf(),
             placement: (0..placement).map(|_| free_addr()).collect(),
@@ -147,6 +160,8 @@ impl TestCluster {
             shards,
             replication_factor: storenodes.min(3),
             router_timeout_ms: None,
+            placement_flags: placement_flags.iter().map(|f| f.to_string()).collect(),
+            storenode_flags: storenode_flags.iter().map(|f| f.to_string()).collect(),
         };
         let mut procs = Procs::new(dir);
         for i in 0..placement {
@@ -249,4 +264,17 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
     out
+}
+
+/// The sum of a counter (every label set matching `labels`) in Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A process's /metrics page.
+pub fn scrape(addr: &str) -> String {
+    String::from_utf8_lossy(&http("GET", addr, "/metrics", b"").1).into_owned()
 }

@@ -327,6 +327,16 @@ impl Driver {
         resp.shard.ok_or_else(|| "the leader answered without a descriptor".to_string())
     }
 
+    /// Asks the shard's leader on `leader_node` to split it.
+    pub async fn split(
+        &self,
+        st: &ClusterState,
+        leader_node: u64,
+        req: ringkv_proto::raft::SplitShardRequest,
+    ) -> Result<ringkv_proto::raft::SplitShardResponse, CallError> {
+        self.call(st, leader_node, |mut c| async move { c.split_shard(req).await }).await
+    }
+
     /// Deletes `node_id`'s replica of `shard_id` (tombstoned there).
     pub async fn remove_replica(&self, st: &ClusterState, node_id: u64, shard_id: u64) -> Result<(), String> {
         let req = RemoveReplicaRequest { shard_id };
@@ -354,6 +364,19 @@ pub struct CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "node {}: {}", self.node, self.message)
+    }
+}
+
+impl From<CallError> for tonic::Status {
+    /// For placement's own callers: a request the storenode refused as
+    /// malformed is theirs to fix; a stale epoch is worth retrying; anything
+    /// else is the node's unavailability.
+    fn from(e: CallError) -> tonic::Status {
+        match &e.wire {
+            Some(WireError::InvalidArgument { .. }) => tonic::Status::invalid_argument(e.to_string()),
+            Some(WireError::EpochMismatch(_)) => tonic::Status::aborted(e.to_string()),
+            _ => tonic::Status::unavailable(e.to_string()),
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod checkers;
 pub mod driver;
+pub mod splitter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -66,7 +67,7 @@ struct Scheduler {
 pub async fn run(svc: PlacementService, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     let mut s = Scheduler {
-        driver: Arc::new(Driver::new(svc.settings.request_timeout)),
+        driver: svc.driver.clone(),
         svc,
         driving: Default::default(),
         leader_moved: HashMap::new(),
@@ -237,6 +238,14 @@ impl Scheduler {
                 }
                 Err(e) => tracing::info!(shard = t.shard_id, "leader transfer: {e}"),
             }
+        }
+        let stats = self.svc.liveness.lock().shard_stats.clone();
+        for p in splitter::split_candidates(st, &stats, &self.svc.settings) {
+            if let Err(e) = splitter::split(&self.svc, &self.driver, st, p.shard_id, p.split_hash, p.reason).await {
+                tracing::info!(shard = p.shard_id, reason = p.reason, "split: {}", e.message());
+            }
+            // Whatever happened, the next report of the shard decides again.
+            self.svc.liveness.lock().shard_stats.remove(&p.shard_id);
         }
         for node_id in plan.drained {
             let req = SetNodeStateRequest { node_id, state: NodeState::Removed as i32, dry_run: false };

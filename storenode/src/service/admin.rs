@@ -17,8 +17,13 @@ use ringkv_raft::raft_loop::{MemberChange, MemberChangeKind, ReplicaCondition};
 use ringkv_raft::transport::AddressBook;
 use ringkv_raft::{LoopHandle, LoopRequest};
 
+use ringkv_proto::raft::{SplitShardRequest, SplitShardResponse};
+use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as CmdResult, ShardCommand, SplitCommand};
+use ringkv_raft::engine::Engine;
+
 use crate::error::{Error, Result};
-use crate::shard::{to_member, Shard, ShardStateMachine};
+use crate::shard::{into_result, to_member, Shard, ShardStateMachine};
+use crate::sizes::{DataLayout, ShardData};
 
 /// A replica's status on the wire.
 pub fn status_to_proto(s: ringkv_raft::raft_loop::ReplicaStatus<Shard>) -> ReplicaStatus {
@@ -51,6 +56,7 @@ pub fn status_to_proto(s: ringkv_raft::raft_loop::ReplicaStatus<Shard>) -> Repli
 pub struct AdminService {
     node_id: u64,
     loop_handle: LoopHandle<ShardStateMachine>,
+    engine: Engine,
     book: Arc<AddressBook>,
     timeout: std::time::Duration,
 }
@@ -60,10 +66,56 @@ impl AdminService {
     pub fn new(
         node_id: u64,
         loop_handle: LoopHandle<ShardStateMachine>,
+        engine: Engine,
         book: Arc<AddressBook>,
         timeout: std::time::Duration,
     ) -> Self {
-        AdminService { node_id, loop_handle, book, timeout }
+        AdminService { node_id, loop_handle, engine, book, timeout }
+    }
+
+    /// Splits a shard this node leads: picks the hash (unless given), then
+    /// proposes the split through the shard's log.
+    async fn split(&self, req: SplitShardRequest) -> Result<SplitShardResponse> {
+        let group_id = req.shard_id;
+        let status = self.loop_handle.status(vec![group_id]).await?;
+        let Some(s) = status.into_iter().next() else { return Err(Error::ShardNotFound(group_id)) };
+        let shard = s.group.0;
+        if !s.is_leader {
+            return Err(Error::NotLeader { shard_id: group_id, leader: None, leader_address: String::new() });
+        }
+        let want = req.epoch.unwrap_or_default();
+        let have = shard.epoch.unwrap_or_default();
+        if (want.version, want.conf_ver) != (have.version, have.conf_ver) {
+            return Err(Error::EpochMismatch(Box::new(shard)));
+        }
+        let split_hash = if req.split_hash != 0 {
+            req.split_hash
+        } else {
+            let (engine, start, end) = (self.engine.clone(), shard.start, shard.end);
+            let middle = tokio::task::spawn_blocking(move || {
+                let layout = DataLayout::read(&engine)?;
+                Ok::<_, Error>(ShardData::measure(&engine, &layout, start, end)?.middle())
+            })
+            .await
+            .map_err(|e| Error::Retryable(format!("measuring the shard: {e}")))??;
+            middle.ok_or_else(|| Error::invalid("split_hash", "the shard holds no data to halve: give a hash"))?
+        };
+        let cmd = ShardCommand {
+            request_id: Vec::new(),
+            epoch_version: have.version,
+            op: Some(Op::Split(SplitCommand {
+                split_hash,
+                new_shard_id: req.new_shard_id,
+                new_replica_ids: req.new_replica_ids,
+                conf_ver: have.conf_ver,
+            })),
+        };
+        let deadline = std::time::Instant::now() + self.timeout;
+        let res = self.loop_handle.call(|cb| LoopRequest::Propose { group_id, cmd, deadline, cb }).await?;
+        match into_result(res)? {
+            CmdResult::Split(r) => Ok(SplitShardResponse { left: r.left, right: r.right }),
+            other => Err(Error::Corrupt(format!("a split answered {other:?}"))),
+        }
     }
 
     async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<Response<T>, Status> {
@@ -159,6 +211,11 @@ impl Admin for AdminService {
             }
         }
         Ok(Response::new(SetNodeAddressesResponse {}))
+    }
+
+    async fn split_shard(&self, req: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
+        let req = req.into_inner();
+        self.timed(self.split(req)).await
     }
 
     async fn shard_status(&self, req: Request<ShardStatusRequest>) -> Result<Response<ShardStatusResponse>, Status> {

@@ -22,8 +22,9 @@ use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::load::ShardLoad;
 use crate::metrics::Metrics;
-use crate::shard::{decode_value, into_result, ShardStateMachine};
+use crate::shard::{decode_value, into_result, key_hashes, ShardStateMachine};
 
 const MAX_REQUEST_ID_BYTES: usize = 64;
 /// Pairs one Scan call returns at most.
@@ -40,6 +41,8 @@ pub struct KvService {
     /// deposed leader answers stale reads. Only set by the environment
     /// variable [`UNSAFE_LOCAL_READS_ENV`]; never in production.
     unsafe_local_reads: bool,
+    /// Requests served per shard, for load-based splits.
+    load: Arc<ShardLoad>,
 }
 
 /// Set to 1 to turn on the deliberate stale-read bug (see `KvService`).
@@ -52,12 +55,13 @@ impl KvService {
         engine: Engine,
         limits: Limits,
         metrics: Arc<Metrics>,
+        load: Arc<ShardLoad>,
     ) -> Self {
         let unsafe_local_reads = std::env::var(UNSAFE_LOCAL_READS_ENV).is_ok_and(|v| v == "1");
         if unsafe_local_reads {
             tracing::error!("{UNSAFE_LOCAL_READS_ENV}=1: linearizable reads are served locally (deliberately unsafe)");
         }
-        KvService { loop_handle, engine, limits, metrics, unsafe_local_reads }
+        KvService { loop_handle, engine, limits, metrics, unsafe_local_reads, load }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -110,6 +114,9 @@ impl KvService {
     /// deadline (ambiguous if the entry may still apply); the timeout here
     /// only guards against a loop that stopped answering.
     async fn write(&self, ctx: &RequestContext, op: Op) -> Result<CmdResult> {
+        if let Some((h, _)) = key_hashes(&op) {
+            self.load.record(ctx.shard_id, true, h);
+        }
         let cmd = ShardCommand {
             request_id: ctx.request_id.clone(),
             epoch_version: ctx.epoch.as_ref().map_or(0, |e| e.version),
@@ -161,6 +168,9 @@ impl KvService {
             if !keys::in_range(keys::key_hash(k), shard.start, shard.end) {
                 return Err(Error::KeyNotInShard { key: k.clone(), shard: Box::new(shard) });
             }
+        }
+        if let Some(k) = keys_.first() {
+            self.load.record(shard.id, false, keys::key_hash(k));
         }
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {

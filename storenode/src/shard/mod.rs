@@ -268,7 +268,7 @@ impl ShardStateMachine {
 }
 
 /// The lowest and highest hash of the keys `op` writes or compares.
-fn key_hashes(op: &Op) -> Option<(u64, u64)> {
+pub(crate) fn key_hashes(op: &Op) -> Option<(u64, u64)> {
     let keys: Vec<&[u8]> = match op {
         Op::Put(p) => vec![&p.key],
         Op::Delete(d) => vec![&d.key],

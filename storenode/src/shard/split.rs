@@ -18,12 +18,6 @@ use super::Shard;
 use crate::error::{Error, Result};
 use crate::keys;
 
-/// Whether `h` may split `[start, end)`: strictly inside, so both halves
-/// are non-empty.
-pub fn valid_split_hash(start: u64, end: u64, h: u64) -> bool {
-    h > start && (end == 0 || h < end)
-}
-
 /// The two descriptors a split makes of `shard`, or why it is refused (a
 /// refusal is an answer, the same on every replica).
 pub fn split_descriptors(shard: &ShardDescriptor, s: &SplitCommand, joint: bool) -> Result<(Shard, Shard)> {
@@ -34,7 +28,7 @@ pub fn split_descriptors(shard: &ShardDescriptor, s: &SplitCommand, joint: bool)
     if joint {
         return Err(Error::Retryable("a membership change is in progress".into()));
     }
-    if !valid_split_hash(shard.start, shard.end, s.split_hash) {
+    if !ringkv_common::hashing::splits(shard.start, shard.end, s.split_hash) {
         return Err(Error::invalid(
             "split_hash",
             format!(
