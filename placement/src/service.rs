@@ -459,6 +459,7 @@ impl Placement for PlacementService {
             failed: &failed,
             settings: &self.settings,
             leader_cooldown: &Default::default(),
+            shard_qps: &Default::default(),
         };
         let balance = crate::scheduler::checkers::measure(&view);
         let blocked = self.scheduler.lock().blocked.len();

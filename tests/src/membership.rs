@@ -24,7 +24,7 @@ use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::meta::{ReplicaRole, ShardDescriptor};
 use ringkv_proto::placement::{
     GetShardMapRequest, ListNodesRequest, ListOperatorsRequest, MoveReplicaRequest, Node, NodeState,
-    SetNodeStateRequest, ShardMap,
+    SetNodeStateRequest, ShardMap, SplitShardRequest,
 };
 use ringkv_proto::raft::admin_client::AdminClient;
 use ringkv_proto::raft::{ShardStatusRequest, TransferLeaderRequest};
@@ -396,6 +396,53 @@ impl Admin {
                 return Effect { targets: vec![new], outcome: Outcome::new("added, none removed", detail) };
             }
             tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// `split`: splits a chosen shard at a chosen hash inside its range,
+    /// through placement's `SplitShard`, then watches until the map shows
+    /// both halves or the fault's time is up.
+    pub async fn split(&self, cluster: &Mutex<Cluster>, f: &Fault, deadline: Instant) -> Effect {
+        let map = match self.shard_map().await {
+            Ok(m) => m,
+            Err(e) => return Effect { targets: vec![], outcome: Outcome::new("no shard map", status_text(&e)) },
+        };
+        let mut shards: Vec<(u64, &ShardDescriptor)> =
+            map.shards.iter().filter_map(|s| Some((s.leader_node_id, s.shard.as_ref()?))).collect();
+        shards.sort_by_key(|(_, d)| d.id);
+        if shards.is_empty() {
+            return Effect { targets: vec![], outcome: Outcome::new("no shard map", "no shards yet") };
+        }
+        let (leader, d) = shards[choose(&f.picks, 0, shards.len())];
+        let width = if d.end == 0 { (1u128 << 64) - d.start as u128 } else { (d.end - d.start) as u128 };
+        if width < 2 {
+            return Effect { targets: vec![], outcome: Outcome::new("too narrow", format!("shard {}", d.id)) };
+        }
+        // A point inside, from the picks (the middle half of the range).
+        let offset = width / 4 + (width / 2) * (f.picks.get(1).copied().unwrap_or(0) as u128) / (1 << 16);
+        let at = (d.start as u128 + offset.max(1)) as u64;
+        let targets = lock(cluster).proc_of_node(leader).into_iter().collect();
+        let what = format!("shard {} at {at:#018x}", d.id);
+        let req = SplitShardRequest { shard_id: d.id, split_hash: at };
+        let new_id = match self.pc.call(CALL_TIMEOUT, |mut c| async move { c.split_shard(req).await }).await {
+            Ok(r) => r.right.map_or(0, |r| r.id),
+            Err(e) => {
+                return Effect { targets, outcome: Outcome::new("refused", format!("{what}: {}", status_text(&e))) }
+            }
+        };
+        println!("           split: {what}: new shard {new_id}");
+        loop {
+            let shown = self.shard_map().await.is_ok_and(|m| {
+                m.shards.iter().filter_map(|s| s.shard.as_ref()).any(|s| s.id == new_id)
+                    && m.shards.iter().filter_map(|s| s.shard.as_ref()).any(|s| s.id == d.id && s.end == at)
+            });
+            if shown {
+                return Effect { targets, outcome: Outcome::new("split", format!("{what}: new shard {new_id}")) };
+            }
+            if Instant::now() + POLL >= deadline {
+                return Effect { targets, outcome: Outcome::new("split, not in the map at the end", what) };
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 

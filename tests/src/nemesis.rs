@@ -49,9 +49,11 @@ pub enum Kind {
     AddStorenode,
     /// Ask a shard's leader to hand leadership to another voter.
     TransferLeader,
+    /// Split a shard by hand (placement's `SplitShard`) at a chosen hash.
+    Split,
 }
 
-pub const ALL: [Kind; 11] = [
+pub const ALL: [Kind; 12] = [
     Kind::Kill,
     Kind::Pause,
     Kind::Isolate,
@@ -63,6 +65,7 @@ pub const ALL: [Kind; 11] = [
     Kind::Decommission,
     Kind::AddStorenode,
     Kind::TransferLeader,
+    Kind::Split,
 ];
 
 /// What a fault acts on; faults of one class never overlap.
@@ -90,6 +93,7 @@ impl Kind {
             "decommission" => Kind::Decommission,
             "add-storenode" => Kind::AddStorenode,
             "transfer-leader" => Kind::TransferLeader,
+            "split" => Kind::Split,
             _ => return None,
         })
     }
@@ -98,7 +102,9 @@ impl Kind {
         match self {
             Kind::Isolate | Kind::Halves | Kind::Bridge | Kind::OneWay => Class::Network,
             Kind::Kill | Kind::Pause | Kind::KillShardLeader => Class::Process,
-            Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => Class::Membership,
+            Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader | Kind::Split => {
+                Class::Membership
+            }
         }
     }
 
@@ -253,9 +259,12 @@ fn fault(rng: &mut StdRng, kind: Kind, at_ms: u64, until_ms: u64) -> Fault {
             picks = s.iter().map(|&k| k as u64).collect();
         }
         // Shard, then replica or node choices, resolved when it fires.
-        Kind::KillShardLeader | Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => {
-            picks = (0..3).map(|_| rng.gen_range(0..1 << 16)).collect()
-        }
+        Kind::KillShardLeader
+        | Kind::MoveReplica
+        | Kind::Decommission
+        | Kind::AddStorenode
+        | Kind::TransferLeader
+        | Kind::Split => picks = (0..3).map(|_| rng.gen_range(0..1 << 16)).collect(),
     }
     Fault { at_ms, kind, duration_ms, targets, other, picks }
 }

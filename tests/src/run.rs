@@ -230,13 +230,14 @@ async fn apply(
             tokio::time::sleep(dur).await;
             c().heal()?;
         }
-        Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader => {
+        Kind::MoveReplica | Kind::Decommission | Kind::AddStorenode | Kind::TransferLeader | Kind::Split => {
             let (names, outcome) = admin
                 .run(cluster, || async {
                     match f.kind {
                         Kind::MoveReplica => admin.move_replica(cluster, f, deadline).await,
                         Kind::Decommission => admin.decommission(cluster, f, deadline).await,
                         Kind::AddStorenode => admin.add_storenode(cluster, f, deadline).await,
+                        Kind::Split => admin.split(cluster, f, deadline).await,
                         _ => admin.transfer_leader(cluster, f, deadline).await,
                     }
                 })

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use ringkv_proto::meta::{ReplicaRole, ShardDescriptor};
-use ringkv_proto::placement::{Node, NodeState, Operator, OperatorKind, OperatorStep};
+use ringkv_proto::placement::{Node, NodeState, Operator, OperatorKind, OperatorStep, ShardInfo};
 
 use crate::ring::Ring;
 use crate::state::ClusterState;
@@ -68,6 +68,9 @@ pub struct View<'a> {
     /// new leader only from its next heartbeat; counting the old one would
     /// move more leaders off the same node than it should).
     pub leader_cooldown: &'a BTreeMap<u64, u64>,
+    /// Requests per second each shard's leader reported lately (shards not
+    /// listed count as idle).
+    pub shard_qps: &'a HashMap<u64, f64>,
 }
 
 /// A leadership to move: ask `from_node` (the leader) to hand shard
@@ -449,9 +452,17 @@ fn leaders(view: &View<'_>) -> Vec<Transfer> {
         return out;
     };
     if max - min < 2 {
-        return out;
+        return by_load(view, &led);
     }
-    for info in view.state.shards.values() {
+    // The coolest shard of the node that leads the most moves: a hot one
+    // is where the load balancing below put it.
+    let qps = |id: &u64| view.shard_qps.get(id).copied().unwrap_or(0.0);
+    let mut shards: Vec<&ShardInfo> = view.state.shards.values().collect();
+    shards.sort_by(|a, b| {
+        let (ia, ib) = (a.shard.as_ref().map_or(0, |d| d.id), b.shard.as_ref().map_or(0, |d| d.id));
+        qps(&ia).total_cmp(&qps(&ib)).then(ia.cmp(&ib))
+    });
+    for info in shards {
         let Some(d) = info.shard.as_ref() else { continue };
         if info.leader_node_id != max_node
             || view.leader_cooldown.contains_key(&d.id)
@@ -471,6 +482,76 @@ fn leaders(view: &View<'_>) -> Vec<Transfer> {
         }
     }
     out
+}
+
+/// Below this many requests per second in the whole cluster, leaders are
+/// balanced by count only: the load is noise.
+const MIN_BALANCED_QPS: f64 = 200.0;
+/// A node leads too much of the load when it has this much more than the
+/// average node.
+const HOT_NODE_FACTOR: f64 = 1.25;
+/// A load move must lower the busiest node's load by this share of the
+/// average node's.
+const MIN_GAIN: f64 = 0.1;
+
+/// With leader counts balanced, one leadership move from the node whose
+/// leaders serve the most requests to the node serving the fewest: the
+/// busiest shard it leads whose move lowers the peak (its load is less than
+/// the two nodes' difference) and keeps counts within one.
+fn by_load(view: &View<'_>, led: &BTreeMap<u64, i64>) -> Vec<Transfer> {
+    let qps = |id: u64| view.shard_qps.get(&id).copied().unwrap_or(0.0);
+    let mut load: BTreeMap<u64, f64> = led.keys().map(|n| (*n, 0.0)).collect();
+    for (id, info) in &view.state.shards {
+        if let Some(l) = load.get_mut(&info.leader_node_id) {
+            *l += qps(*id);
+        }
+    }
+    let total: f64 = load.values().sum();
+    let avg = total / load.len().max(1) as f64;
+    let Some((&hot_node, &hot)) = load.iter().max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0))) else {
+        return Vec::new();
+    };
+    if total < MIN_BALANCED_QPS || hot < avg * HOT_NODE_FACTOR {
+        return Vec::new();
+    }
+    let mut best: Option<(f64, Transfer)> = None;
+    for info in view.state.shards.values() {
+        let Some(d) = info.shard.as_ref() else { continue };
+        if info.leader_node_id != hot_node
+            || view.leader_cooldown.contains_key(&d.id)
+            || view.state.operator_on(d.id).is_some()
+        {
+            continue;
+        }
+        let q = qps(d.id);
+        for r in d.replicas.iter().filter(|r| r.role == ReplicaRole::Voter as i32 && r.node_id != hot_node) {
+            let Some(&to_load) = load.get(&r.node_id) else { continue };
+            // Leader counts may end two apart: the count balancing then
+            // moves the coolest leader of the fuller node back, which makes
+            // the pair of moves a swap of a hot leader for a cool one.
+            let after = |n: u64, c: i64| c + i64::from(n == r.node_id) - i64::from(n == hot_node);
+            let counts: Vec<i64> = led.iter().map(|(n, c)| after(*n, *c)).collect();
+            let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+            // The new peak of the two nodes must come down by a tenth of
+            // the average at least: smaller gains are not worth a move (and
+            // would chase each other).
+            let peak = (hot - q).max(to_load + q);
+            if q <= 0.0 || spread > 2 || hot - peak < avg * MIN_GAIN {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(p, _)| peak < *p) {
+                let t = Transfer {
+                    shard_id: d.id,
+                    from_node: hot_node,
+                    to_node: r.node_id,
+                    to_replica: r.replica_id,
+                    reason: "load",
+                };
+                best = Some((peak, t));
+            }
+        }
+    }
+    best.map(|(_, t)| vec![t]).unwrap_or_default()
 }
 
 /// Replicas and leaders per schedulable node, the ideal of each (by
@@ -549,11 +630,13 @@ mod tests {
         down: BTreeMap<u64, Duration>,
         settings: PlacementSettings,
         moves: usize,
+        /// Requests per second by shard, as leaders would report them.
+        qps: HashMap<u64, f64>,
     }
 
     impl Sim {
         fn new(st: ClusterState) -> Sim {
-            Sim { st, down: BTreeMap::new(), settings: PlacementSettings::default(), moves: 0 }
+            Sim { st, down: BTreeMap::new(), settings: PlacementSettings::default(), moves: 0, qps: HashMap::new() }
         }
 
         fn plan(&self) -> Plan {
@@ -573,8 +656,14 @@ mod tests {
                 .collect();
             let failed = HashMap::new();
             let cooldown = BTreeMap::new();
-            let view =
-                View { state: &self.st, nodes, failed: &failed, settings: &self.settings, leader_cooldown: &cooldown };
+            let view = View {
+                state: &self.st,
+                nodes,
+                failed: &failed,
+                settings: &self.settings,
+                leader_cooldown: &cooldown,
+                shard_qps: &self.qps,
+            };
             plan(&view, 0)
         }
 
@@ -625,8 +714,14 @@ mod tests {
                 .map(|n| (n.id, NodeView { node: n.clone(), down_for: None }))
                 .collect();
             let (failed, cooldown) = (HashMap::new(), BTreeMap::new());
-            let view =
-                View { state: &self.st, nodes, failed: &failed, settings: &self.settings, leader_cooldown: &cooldown };
+            let view = View {
+                state: &self.st,
+                nodes,
+                failed: &failed,
+                settings: &self.settings,
+                leader_cooldown: &cooldown,
+                shard_qps: &self.qps,
+            };
             measure(&view)
         }
 
@@ -656,6 +751,41 @@ mod tests {
         let before = sim.moves;
         sim.settle();
         assert_eq!(sim.moves, before, "a balanced cluster stays put");
+    }
+
+    #[test]
+    fn hot_leaders_spread_over_nodes_keeping_counts_balanced_and_nothing_oscillates() {
+        let three: Vec<Node> = (1..=3).map(|i| node(i, "")).collect();
+        let mut sim = Sim::new(cluster(&three, 6));
+        // Two leaders per node, and the two hot shards led by one node.
+        let ids: Vec<u64> = sim.st.shards.keys().copied().collect();
+        for (i, id) in ids.iter().enumerate() {
+            sim.st.shards.get_mut(id).unwrap().leader_node_id = 1 + (i as u64 / 2);
+        }
+        sim.qps = ids.iter().map(|id| (*id, 10.0)).collect();
+        sim.qps.insert(ids[0], 1000.0);
+        sim.qps.insert(ids[1], 1000.0);
+        sim.settle();
+        let leader = |id: u64| sim.st.shards[&id].leader_node_id;
+        assert_ne!(leader(ids[0]), leader(ids[1]), "the hot shards are led by different nodes");
+        let b = sim.measure();
+        assert!(b.balanced, "leader counts stay balanced: {:?}", b.per_node);
+    }
+
+    #[test]
+    fn idle_or_even_load_moves_no_leader() {
+        let three: Vec<Node> = (1..=3).map(|i| node(i, "")).collect();
+        let mut sim = Sim::new(cluster(&three, 6));
+        let ids: Vec<u64> = sim.st.shards.keys().copied().collect();
+        for (i, id) in ids.iter().enumerate() {
+            sim.st.shards.get_mut(id).unwrap().leader_node_id = 1 + (i as u64 / 2);
+        }
+        // Below the cluster-wide floor: noise.
+        sim.qps = HashMap::from([(ids[0], 100.0)]);
+        assert!(sim.plan().transfers.is_empty());
+        // Even: every node serves the same.
+        sim.qps = ids.iter().map(|id| (*id, 500.0)).collect();
+        assert!(sim.plan().transfers.is_empty());
     }
 
     #[test]

@@ -147,7 +147,15 @@ pub fn node_views(svc: &PlacementService, st: &ClusterState) -> BTreeMap<u64, No
 pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeMap<u64, u64>) -> Plan {
     let nodes = node_views(svc, st);
     let failed = svc.liveness.lock().failed.clone();
-    let view = View { state: st, nodes, failed: &failed, settings: &svc.settings, leader_cooldown: cooldown };
+    let shard_qps: HashMap<u64, f64> = svc.liveness.lock().shard_stats.iter().map(|(id, x)| (*id, x.qps)).collect();
+    let view = View {
+        state: st,
+        nodes,
+        failed: &failed,
+        settings: &svc.settings,
+        leader_cooldown: cooldown,
+        shard_qps: &shard_qps,
+    };
     let plan = checkers::plan(&view, now_ms());
     let m = &svc.metrics;
     let balance = checkers::measure(&view);
