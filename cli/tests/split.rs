@@ -179,3 +179,83 @@ async fn a_shard_splits_by_hand_at_a_hash_and_bad_requests_are_refused() {
         assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()), "k{i}");
     }
 }
+
+/// Reads and writes over a range of `keys` keys for `dur`: operations done.
+async fn hot_load(cluster: &TestCluster, keys: usize, dur: Duration) -> u64 {
+    let until = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let client = cluster.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            let mut i = w;
+            while Instant::now() < until {
+                let k = format!("hot-{}", i % keys);
+                let ok = if i % 2 == 0 {
+                    client.put(k.as_bytes(), b"v").await.is_ok()
+                } else {
+                    client.get(k.as_bytes()).await.is_ok()
+                };
+                done += u64::from(ok);
+                i += 8;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("load task");
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_range_splits_by_load_and_is_served_by_leaders_on_two_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = TestCluster::start_with(
+        dir.path(),
+        1,
+        3,
+        1,
+        1,
+        &["--shard-max-bytes", "0", "--split-qps", "40", "--split-detections", "3"],
+        &[],
+    );
+    cluster.wait_serving(Duration::from_secs(90)).await;
+    let pc = PlacementClient::new(cluster.placement.clone());
+    let window = Duration::from_secs(5);
+    let before = hot_load(&cluster, 1000, window).await;
+
+    // Under load until the range is split and led from two nodes.
+    let load = {
+        let c = cluster.client().await;
+        let until = Instant::now() + Duration::from_secs(60);
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while Instant::now() < until {
+                let _ = c.put(format!("hot-{}", i % 1000).as_bytes(), b"v").await;
+                i += 1;
+            }
+        })
+    };
+    let map = eventually("the hot range split by load and led from two nodes", Duration::from_secs(60), || {
+        let pc = &pc;
+        async move {
+            let m = shard_map(pc).await?;
+            let leaders: std::collections::BTreeSet<u64> = m.shards.iter().map(|s| s.leader_node_id).collect();
+            (m.shards.len() >= 2 && !leaders.contains(&0) && leaders.len() >= 2).then_some(m)
+        }
+    })
+    .await;
+    load.abort();
+    let splits = metric(&scrape(&cluster.placement_http[0]), "ringkv_placement_splits_total", "reason=\"load\"");
+    assert!(splits >= 1, "split by load, not by size or by hand: {splits}");
+    let after = hot_load(&cluster, 1000, window).await;
+    println!(
+        "load split: {} shards led from {} nodes; throughput {:.0} ops/s before, {:.0} ops/s after (8 clients, debug build)",
+        map.shards.len(),
+        map.shards.iter().map(|s| s.leader_node_id).collect::<std::collections::BTreeSet<_>>().len(),
+        before as f64 / window.as_secs_f64(),
+        after as f64 / window.as_secs_f64()
+    );
+}
