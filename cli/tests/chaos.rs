@@ -67,7 +67,7 @@ fn short_chaos_run_finds_no_anomaly() {
     assert!(summary["register_ops_checked"].as_u64().unwrap_or(0) > 500, "{summary}");
     assert!(summary["faults_by_kind"].as_object().is_some_and(|f| f.len() >= 4), "several kinds of fault: {summary}");
     // Every short run has a fault of each class, membership included.
-    let membership = ["MoveReplica", "Decommission", "AddStorenode", "TransferLeader"];
+    let membership = ["MoveReplica", "Decommission", "AddStorenode", "TransferLeader", "Split"];
     assert!(
         summary["fault_outcomes"].as_object().is_some_and(|o| membership.iter().any(|k| o.contains_key(*k))),
         "a membership fault ran: {summary}"
@@ -77,6 +77,31 @@ fn short_chaos_run_finds_no_anomaly() {
     assert_eq!(code, 0, "chaos check of the run's history:\n{text}");
     let checked = format!("register operations checked {:>15}", summary["register_ops_checked"]);
     assert!(text.lines().any(|l| l.split_whitespace().eq(checked.split_whitespace())), "same count: {text}");
+}
+
+/// Splits under 16 clients with the checkers, mixed with kills and
+/// partitions: every split a new Raft group on the same nodes while writes
+/// and reads go on (retries across a split included).
+#[test]
+fn splits_under_load_with_kills_and_partitions_find_no_anomaly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().to_str().expect("utf-8 path");
+    let args = ["--duration", "60s", "--seed", "12", "--nemesis", "split,kill,halves", "--out", out];
+    let Some((code, text)) = chaos(&args) else { return };
+    println!("{text}");
+    assert_eq!(
+        code, 0,
+        "chaos run failed:
+{text}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).expect("summary.json")).expect("JSON");
+    assert_eq!(summary["anomalies"], 0);
+    assert_eq!(summary["acknowledged_writes_lost"], 0);
+    assert_eq!(summary["undecided_keys"], 0, "every key's history was checked");
+    let splits = summary["fault_outcomes"]["Split"].as_object().and_then(|o| o.get("split")).and_then(|n| n.as_u64());
+    assert!(splits.unwrap_or(0) >= 2, "shards were split during the run: {summary}");
 }
 
 #[test]

@@ -413,6 +413,17 @@ impl Admin {
         if shards.is_empty() {
             return Effect { targets: vec![], outcome: Outcome::new("no shard map", "no shards yet") };
         }
+        // Placement refuses to split a shard with a move in flight: choose
+        // among the others while there are any.
+        if let Ok(ops) =
+            self.pc.call(CALL_TIMEOUT, |mut c| async move { c.list_operators(ListOperatorsRequest {}).await }).await
+        {
+            let idle: Vec<_> =
+                shards.iter().filter(|(_, d)| !ops.operators.iter().any(|o| o.shard_id == d.id)).copied().collect();
+            if !idle.is_empty() {
+                shards = idle;
+            }
+        }
         let (leader, d) = shards[choose(&f.picks, 0, shards.len())];
         let width = if d.end == 0 { (1u128 << 64) - d.start as u128 } else { (d.end - d.start) as u128 };
         if width < 2 {

@@ -182,7 +182,9 @@ pub fn schedule(seed: u64, duration_ms: u64, kinds: &[Kind]) -> Vec<Fault> {
     // Every fault ends by then (short faults started before `end` do anyway).
     let last_end = end + 6_000;
     if duration_ms >= ALONE_PHASE_MIN && kinds.len() > 1 {
-        let block = duration_ms / 3 / kinds.len() as u64;
+        // The blocks fill the first third exactly; the mixed part starts
+        // after the last block, whatever its faults' lengths.
+        let block = (duration_ms / 3 - 3_000) / kinds.len() as u64;
         for (i, &kind) in kinds.iter().enumerate() {
             let block_end = 3_000 + block * (i as u64 + 1);
             while t + 6_000 < block_end {
@@ -191,6 +193,7 @@ pub fn schedule(seed: u64, duration_ms: u64, kinds: &[Kind]) -> Vec<Fault> {
                 out.push(f);
             }
         }
+        t = t.max(duration_ms / 3);
     }
     let of_class = |c: Class| kinds.iter().copied().filter(|k| k.class() == c).collect::<Vec<Kind>>();
     let (process_kinds, network_kinds) = (of_class(Class::Process), of_class(Class::Network));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ringkv_client::Client;
 use ringkv_storenode::testkit::{LocalCluster, ShardClient};
 use tokio::sync::Mutex;
 
@@ -30,6 +31,36 @@ pub struct Args {
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Bench a running cluster through these routers (HOST:PORT, repeatable
+    /// or comma-separated) instead of starting one in-process: what
+    /// applications see, routing included. `--storenodes`, `--shards` and
+    /// `--dir` then do not apply.
+    #[arg(long = "router", value_delimiter = ',')]
+    routers: Vec<String>,
+}
+
+/// What the bench drives: an in-process cluster's shards directly, or a
+/// running cluster through its routers.
+#[derive(Clone)]
+enum Target {
+    Local(ShardClient),
+    Router(Arc<Client>),
+}
+
+impl Target {
+    async fn put(&self, key: &[u8], value: &[u8]) -> bool {
+        match self {
+            Target::Local(c) => c.put(key, value).await.is_ok(),
+            Target::Router(c) => c.put(key, value).await.is_ok(),
+        }
+    }
+
+    async fn get(&self, key: &[u8]) -> bool {
+        match self {
+            Target::Local(c) => c.get(key).await.is_ok(),
+            Target::Router(c) => c.get(key).await.is_ok(),
+        }
+    }
 }
 
 struct PhaseResult {
@@ -57,7 +88,7 @@ impl PhaseResult {
     }
 }
 
-async fn phase(client: &ShardClient, a: &Args, write: bool) -> anyhow::Result<PhaseResult> {
+async fn phase(client: &Target, a: &Args, write: bool) -> anyhow::Result<PhaseResult> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let deadline = Instant::now() + Duration::from_secs(a.duration);
     let start = Instant::now();
@@ -74,7 +105,7 @@ async fn phase(client: &ShardClient, a: &Args, write: bool) -> anyhow::Result<Ph
                 let key = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % keys).to_be_bytes();
                 i += 7919;
                 let t = Instant::now();
-                let ok = if write { client.put(&key, &value).await.is_ok() } else { client.get(&key).await.is_ok() };
+                let ok = if write { client.put(&key, &value).await } else { client.get(&key).await };
                 if ok {
                     ops += 1;
                     let _ = local.record(t.elapsed().as_micros() as u64);
@@ -101,13 +132,28 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.clients >= 1 && a.keys >= 1 && a.duration >= 1,
         "--clients, --keys and --duration must be positive"
     );
+    if !a.routers.is_empty() {
+        let client = Client::connect(&a.routers).await.map_err(|e| anyhow::anyhow!("--router: {e}"))?;
+        let target = Target::Router(Arc::new(client));
+        println!(
+            "ringkv bench: through router(s) {}, {} clients, {} keys of 8 bytes, values of {} bytes, {}s per phase",
+            a.routers.join(","),
+            a.clients,
+            a.keys,
+            a.value_size,
+            a.duration
+        );
+        phase(&target, &a, true).await?.print("put");
+        phase(&target, &a, false).await?.print("get");
+        return Ok(());
+    }
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let cluster = LocalCluster::start(&dir, a.storenodes, a.shards, |_| {})
         .await
         .map_err(|e| anyhow::anyhow!("starting the cluster: {e}"))?;
     cluster.wait_for_leaders(Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let client = cluster.client();
+    let client = Target::Local(cluster.client());
     println!(
         "ringkv bench: {} storenodes, {} shards, {} clients, {} keys of 8 bytes, values of {} bytes, {}s per phase",
         a.storenodes, a.shards, a.clients, a.keys, a.value_size, a.duration

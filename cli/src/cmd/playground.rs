@@ -500,7 +500,7 @@ mod tests {
         assert_eq!(
             args,
             "storenode --node-id 4 --listen 127.0.0.1:7000 --http 127.0.0.1:7001 --data-dir /pg/storenode-4 \
-             --placement 127.0.0.1:6390 --placement 127.0.0.1:6391"
+             --size-check-ms 2000 --placement 127.0.0.1:6390 --placement 127.0.0.1:6391"
         );
         assert_eq!(info.log, Path::new("/pg/logs/storenode-4.log"));
     }
