@@ -28,6 +28,15 @@ fn snapshot_bytes(addrs: &[String]) -> u64 {
     addrs.iter().map(|a| metric(&scrape(a), "ringkv_raft_snapshot_bytes_sent_total", "")).sum()
 }
 
+/// Value `i` of the bulk load, distinct per `i`.
+fn value(i: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..VALUE_BYTES)
+        .map(|j| (j as u64 ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (j % 56)) as u8)
+        .collect();
+    v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_node_takes_a_quarter_of_100_mib_with_near_ideal_moves() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -35,25 +44,9 @@ async fn a_fourth_node_takes_a_quarter_of_100_mib_with_near_ideal_moves() {
     cluster.wait_serving(Duration::from_secs(90)).await;
     let pc = PlacementClient::new(cluster.placement.clone());
 
-    // > 100 MiB of incompressible values, spread over every shard.
+    // > 100 MiB of values, spread over every shard.
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let client = cluster.client().await;
-        tasks.push(tokio::spawn(async move {
-            let mut value = vec![0u8; VALUE_BYTES];
-            for i in (w..VALUES).step_by(WRITERS) {
-                for (j, b) in value.iter_mut().enumerate() {
-                    *b = (j as u64 ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (j % 56)) as u8;
-                }
-                value[..8].copy_from_slice(&(i as u64).to_be_bytes());
-                client.put(format!("big-{i}").as_bytes(), &value).await.expect("bulk put");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    cluster.put_big(WRITERS, VALUES, value).await;
     let data_bytes = (VALUES * VALUE_BYTES) as u64;
     println!("wrote {} MiB in {:?}", data_bytes >> 20, start.elapsed());
 

@@ -57,18 +57,7 @@ async fn one_shard_splits_by_size_under_writes_without_copying_data() {
     let pc = PlacementClient::new(cluster.placement.clone());
 
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let client = cluster.client().await;
-        tasks.push(tokio::spawn(async move {
-            for i in (w..VALUES).step_by(WRITERS) {
-                client.put(format!("big-{i}").as_bytes(), &value(i)).await.expect("put");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    cluster.put_big(WRITERS, VALUES, value).await;
     let wrote = Instant::now();
     let map = shard_map(&pc).await.expect("the shard map");
     println!(

@@ -129,23 +129,15 @@ impl RaftStorage {
     /// Adds the initial state of a bootstrapped replica to `wb` (see [`INIT_INDEX`]).
     pub fn bootstrap(engine: &Engine, wb: &mut WriteBatch, group_id: u64, voters: Vec<u64>) {
         let cs = ConfState { voters, ..Default::default() };
-        let apply = ApplyState {
-            applied_index: INIT_INDEX,
-            applied_term: INIT_TERM,
-            truncated_index: INIT_INDEX,
-            truncated_term: INIT_TERM,
-            conf_state: encode(&cs),
-        };
-        let hs = HardState { term: INIT_TERM, commit: INIT_INDEX, ..Default::default() };
-        engine.put_cf(wb, Cf::Raft, &keys::raft_hard_state_key(group_id), &encode(&hs));
-        engine.put_cf(wb, Cf::Meta, &keys::apply_state_key(group_id), &prost::Message::encode_to_vec(&apply));
+        Self::init_at(engine, wb, group_id, cs, INIT_INDEX, INIT_TERM);
     }
 
-    /// Adds the initial state of a replica a split creates to `wb`: its log
-    /// starts after the split entry (`index`, `term`), which every replica
-    /// of the new group applied identically, so they agree on the log's
-    /// start and any of them can be elected. No vote is cast yet.
-    pub fn init_split(engine: &Engine, wb: &mut WriteBatch, group_id: u64, cs: ConfState, index: u64, term: u64) {
+    /// Adds to `wb` the initial state of a replica whose log starts after
+    /// (`index`, `term`) with configuration `cs`: a bootstrapped replica, or
+    /// one a split creates (at the split entry, which every replica of the
+    /// new group applied identically, so they agree on the log's start and
+    /// any of them can be elected). No vote is cast yet.
+    pub fn init_at(engine: &Engine, wb: &mut WriteBatch, group_id: u64, cs: ConfState, index: u64, term: u64) {
         let apply = ApplyState {
             applied_index: index,
             applied_term: term,

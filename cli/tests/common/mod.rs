@@ -203,6 +203,23 @@ impl TestCluster {
         }
     }
 
+    /// Writes keys `big-0` .. `big-{count-1}` with `value(i)` through
+    /// `writers` clients at once; a put that fails fails the test.
+    pub async fn put_big(&self, writers: usize, count: usize, value: fn(usize) -> Vec<u8>) {
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let client = self.client().await;
+            tasks.push(tokio::spawn(async move {
+                for i in (w..count).step_by(writers) {
+                    client.put(format!("big-{i}").as_bytes(), &value(i)).await.expect("bulk put");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+    }
+
     /// The placement member (1-based) that leads the group now.
     pub async fn placement_leader(&self) -> Option<u64> {
         let pc = PlacementClient::new(self.placement.clone());

@@ -753,15 +753,22 @@ mod tests {
         assert_eq!(sim.moves, before, "a balanced cluster stays put");
     }
 
-    #[test]
-    fn hot_leaders_spread_over_nodes_keeping_counts_balanced_and_nothing_oscillates() {
+    /// Three nodes, six shards, two leaders per node (the first two shards
+    /// on node 1); the shard ids in order.
+    fn two_leaders_per_node() -> (Sim, Vec<u64>) {
         let three: Vec<Node> = (1..=3).map(|i| node(i, "")).collect();
         let mut sim = Sim::new(cluster(&three, 6));
-        // Two leaders per node, and the two hot shards led by one node.
         let ids: Vec<u64> = sim.st.shards.keys().copied().collect();
         for (i, id) in ids.iter().enumerate() {
             sim.st.shards.get_mut(id).unwrap().leader_node_id = 1 + (i as u64 / 2);
         }
+        (sim, ids)
+    }
+
+    #[test]
+    fn hot_leaders_spread_over_nodes_keeping_counts_balanced_and_nothing_oscillates() {
+        // The two hot shards led by one node.
+        let (mut sim, ids) = two_leaders_per_node();
         sim.qps = ids.iter().map(|id| (*id, 10.0)).collect();
         sim.qps.insert(ids[0], 1000.0);
         sim.qps.insert(ids[1], 1000.0);
@@ -774,12 +781,7 @@ mod tests {
 
     #[test]
     fn idle_or_even_load_moves_no_leader() {
-        let three: Vec<Node> = (1..=3).map(|i| node(i, "")).collect();
-        let mut sim = Sim::new(cluster(&three, 6));
-        let ids: Vec<u64> = sim.st.shards.keys().copied().collect();
-        for (i, id) in ids.iter().enumerate() {
-            sim.st.shards.get_mut(id).unwrap().leader_node_id = 1 + (i as u64 / 2);
-        }
+        let (mut sim, ids) = two_leaders_per_node();
         // Below the cluster-wide floor: noise.
         sim.qps = HashMap::from([(ids[0], 100.0)]);
         assert!(sim.plan().transfers.is_empty());

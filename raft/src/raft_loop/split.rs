@@ -126,7 +126,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let role = |r: MemberRole| new.members().iter().filter(|m| m.role == r as i32).map(|m| m.replica_id).collect();
         let cs =
             ConfState { voters: role(MemberRole::Voter), learners: role(MemberRole::Learner), ..Default::default() };
-        RaftStorage::init_split(&self.engine, &mut batch.wb, id, cs, off.index, off.term);
+        RaftStorage::init_at(&self.engine, &mut batch.wb, id, cs, off.index, off.term);
         let state = ReplicaState { group: new.encode(), replica_id: me.replica_id, ..Default::default() };
         self.engine.put_cf(&mut batch.wb, Cf::Meta, &keys::replica_state_key(id), &state.encode_to_vec());
         let mut ctx = batch.context(&self.engine, new, off.index);
