@@ -16,14 +16,17 @@ use ringkv_proto::placement::{
     ClusterStatusRequest, ClusterStatusResponse, GetShardMapRequest, ListNodesRequest, ListNodesResponse,
     ListOperatorsRequest, ListOperatorsResponse, MoveReplicaRequest, MoveReplicaResponse, Node, NodeHeartbeatRequest,
     NodeHeartbeatResponse, NodeLoad, NodeState, Operator, OperatorKind, OperatorStep, PlacementCommand,
-    PlacementMember, PlannedMove, RegisterNodeRequest, RegisterNodeResponse, ReplicaAssignment, SetClusterId,
-    SetMaintenanceRequest, SetMaintenanceResponse, SetNodeStateRequest, SetNodeStateResponse, ShardInfo, ShardMap,
-    ShardStat, ShardUpdates, SplitShardRequest, SplitShardResponse, StaleReplica, WatchShardMapRequest,
+    PlacementMember, PlannedMove, RegisterNodeRequest, RegisterNodeResponse, ReplicaAssignment, ReplicaReport,
+    SetClusterId, SetMaintenanceRequest, SetMaintenanceResponse, SetNodeStateRequest, SetNodeStateResponse, ShardInfo,
+    ShardMap, ShardStat, ShardUpdates, SplitShardRequest, SplitShardResponse, StaleReplica, WatchShardMapRequest,
 };
 use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
 use ringkv_storenode::Error;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+
+use ringkv_common::hashing::ranges_overlap;
+use ringkv_proto::meta::ShardDescriptor;
 
 use crate::metrics::SchedulerMetrics;
 use crate::scheduler::driver::Driver;
@@ -209,14 +212,22 @@ impl PlacementService {
     }
 
     /// Replicas `node_id` should host but did not report: the initial
-    /// replicas of bootstrapped shards (created from the shard's first state).
-    fn assignments(st: &ClusterState, node_id: u64, reported: &[u64]) -> Vec<ReplicaAssignment> {
+    /// replicas of bootstrapped shards (created from the shard's first
+    /// state), and those of a split's new shard on a node that will not
+    /// apply the split itself (created empty, caught up by snapshot). Not
+    /// while the node reports a replica whose range overlaps: that is the
+    /// unsplit parent, which creates the replica when it applies the split.
+    fn assignments(st: &ClusterState, node_id: u64, reports: &[ReplicaReport]) -> Vec<ReplicaAssignment> {
+        // A fenced-off replica's descriptor may be unreadable (the whole
+        // ring): it blocks nothing.
+        let local: Vec<&ShardDescriptor> =
+            reports.iter().filter(|r| r.failure.is_empty()).filter_map(|r| r.shard.as_ref()).collect();
         st.shards
             .values()
             .filter_map(|info| {
                 let d = info.shard.as_ref()?;
                 let r = d.replicas.iter().find(|r| r.node_id == node_id)?;
-                if reported.contains(&d.id) {
+                if local.iter().any(|l| l.id == d.id || ranges_overlap(l.start, l.end, d.start, d.end)) {
                     return None;
                 }
                 let initial = d.epoch.is_some_and(|e| e.conf_ver == 1 && e.version == 1);
@@ -235,7 +246,7 @@ impl PlacementService {
 /// past: not a member of the shard's newer configuration and not the learner
 /// of an operator in flight. A replica whose own configuration is as new as
 /// placement's and contains itself is left alone (placement may lag).
-fn stale_replicas(st: &ClusterState, reports: &[ringkv_proto::placement::ReplicaReport]) -> Vec<StaleReplica> {
+fn stale_replicas(st: &ClusterState, reports: &[ReplicaReport]) -> Vec<StaleReplica> {
     let mut out = Vec::new();
     for r in reports {
         let Some(local) = &r.shard else { continue };
@@ -338,7 +349,6 @@ impl Placement for PlacementService {
         if !updates.is_empty() {
             self.propose(Op::UpdateShards(ShardUpdates { shards: updates })).await?;
         }
-        let reported: Vec<u64> = hb.replicas.iter().filter_map(|r| r.shard.as_ref().map(|s| s.id)).collect();
         let st = self.shared.state.read();
         let nodes = st.nodes.values().filter(|n| n.state != NodeState::Removed as i32).cloned().collect();
         let remove = stale_replicas(&st, &hb.replicas);
@@ -352,7 +362,7 @@ impl Placement for PlacementService {
         }
         Ok(Response::new(NodeHeartbeatResponse {
             nodes,
-            create: Self::assignments(&st, hb.node_id, &reported),
+            create: Self::assignments(&st, hb.node_id, &hb.replicas),
             remove,
         }))
     }
