@@ -10,7 +10,7 @@ CARGO ?= cargo
 DIR ?= ringkv-data/playground
 RINGKV := $(CARGO_TARGET_DIR)/release/ringkv
 
-.PHONY: setup build run test lint fmt bench chaos clean-data
+.PHONY: setup build run test lint fmt bench bench-shards chaos clean-data
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,10 @@ fmt:
 # Throughput and latency against a local 3-storenode cluster (release build).
 bench: build
 	$(RINGKV) bench
+
+# Throughput through the router with 16, 64 and 256 shards on 3 storenodes.
+bench-shards: build
+	bash scripts/bench-shards.sh $(RINGKV) 16 64 256
 
 # The long fault-injection run (root), in a network namespace of its own:
 #   make chaos DURATION=30m [SEED=n] [NEMESIS=kill,isolate,...]   (see docs/fault-injection.md)
