@@ -654,17 +654,20 @@ mod tests {
                     (n.id, NodeView { node: n, down_for })
                 })
                 .collect();
-            let failed = HashMap::new();
-            let cooldown = BTreeMap::new();
-            let view = View {
+            self.with_view(nodes, |view| plan(view, 0))
+        }
+
+        /// Runs `f` on a view of the simulated cluster with `nodes`.
+        fn with_view<R>(&self, nodes: BTreeMap<u64, NodeView>, f: impl FnOnce(&View<'_>) -> R) -> R {
+            let (failed, cooldown) = (HashMap::new(), BTreeMap::new());
+            f(&View {
                 state: &self.st,
                 nodes,
                 failed: &failed,
                 settings: &self.settings,
                 leader_cooldown: &cooldown,
                 shard_qps: &self.qps,
-            };
-            plan(&view, 0)
+            })
         }
 
         /// Carries out every planned operator at once (as if it succeeded)
@@ -713,16 +716,7 @@ mod tests {
                 .filter(|n| n.state != NodeState::Removed as i32)
                 .map(|n| (n.id, NodeView { node: n.clone(), down_for: None }))
                 .collect();
-            let (failed, cooldown) = (HashMap::new(), BTreeMap::new());
-            let view = View {
-                state: &self.st,
-                nodes,
-                failed: &failed,
-                settings: &self.settings,
-                leader_cooldown: &cooldown,
-                shard_qps: &self.qps,
-            };
-            measure(&view)
+            self.with_view(nodes, measure)
         }
 
         fn replicas_on(&self, node: u64) -> usize {
