@@ -59,11 +59,20 @@ pub fn splits(start: u64, end: u64, h: u64) -> bool {
     h > start && (end == 0 || h < end)
 }
 
+/// The end of a ring range as a number past every hash: an `end` of 0 is
+/// the top of the ring, 2^64.
+pub fn ring_end(end: u64) -> u128 {
+    if end == 0 {
+        1 << 64
+    } else {
+        end as u128
+    }
+}
+
 /// Whether the ring ranges `[a_start, a_end)` and `[b_start, b_end)` share
 /// a hash (an end of 0 is the top of the ring).
 pub fn ranges_overlap(a_start: u64, a_end: u64, b_start: u64, b_end: u64) -> bool {
-    let end = |e: u64| if e == 0 { 1u128 << 64 } else { e as u128 };
-    (a_start as u128) < end(b_end) && (b_start as u128) < end(a_end)
+    (a_start as u128) < ring_end(b_end) && (b_start as u128) < ring_end(a_end)
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::engine::Cf;
+
 /// The engine's metrics.
 pub struct RaftMetrics {
     /// The node's registry (labelled `node`); the process registers its own metrics here too.
@@ -148,6 +150,17 @@ impl RaftMetrics {
             shard_commit_index: group_gauge(r, "ringkv_shard_commit_index", "Raft commit index"),
             shard_applied_index: group_gauge(r, "ringkv_shard_applied_index", "Applied index"),
             registry,
+        }
+    }
+
+    /// Counts the bytes one replica's apply batch put, by column family
+    /// (indexed by [`Cf::as_u8`]).
+    pub fn count_apply_bytes(&self, by_cf: [u64; 3]) {
+        for cf in [Cf::Data, Cf::Raft, Cf::Meta] {
+            let n = by_cf[cf.as_u8() as usize];
+            if n > 0 {
+                self.apply_bytes.with_label_values(&[cf.name()]).inc_by(n);
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use ringkv_raft::keys::{group_key as shard_prefix, FIRST_STATE_MACHINE_KIND};
 const META_DEDUP: u8 = FIRST_STATE_MACHINE_KIND;
 const META_DEDUP_BY_INDEX: u8 = FIRST_STATE_MACHINE_KIND + 1;
 
+use ringkv_common::hashing::ranges_overlap;
 /// The ring's hashing (shared with the router, so both always agree).
 pub use ringkv_common::hashing::{hash_part, in_range, key_hash, prefix_end, prefix_hash};
 
@@ -88,7 +89,8 @@ pub fn dedup_request_id(key: &[u8]) -> &[u8] {
 
 /// Whether the hashes `[lo, hi]` (inclusive) meet the ring range `[start, end)`.
 pub fn ranges_meet(lo: u64, hi: u64, start: u64, end: u64) -> bool {
-    hi >= start && (end == 0 || lo < end)
+    // `hi + 1` as a ring end: u64::MAX wraps to 0, the top of the ring.
+    ranges_overlap(lo, hi.wrapping_add(1), start, end)
 }
 
 /// `[lo, hi)` of all the shard's de-duplication state in the `meta` CF.

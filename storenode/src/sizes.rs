@@ -12,6 +12,7 @@
 
 use rocksdb::{ReadOptions, ReadTier};
 
+use ringkv_common::hashing::ring_end;
 use ringkv_raft::engine::{Cf, Engine};
 
 use crate::error::Result;
@@ -41,15 +42,6 @@ fn hash_of(data_key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The end of a ring range as a number past every hash (`end == 0` is 2^64).
-fn end_of(end: u64) -> u128 {
-    if end == 0 {
-        1 << 64
-    } else {
-        end as u128
-    }
-}
-
 impl DataLayout {
     /// Lists the `data` CF's live files.
     pub fn read(engine: &Engine) -> Result<DataLayout> {
@@ -66,7 +58,7 @@ impl DataLayout {
         Ok(DataLayout { files })
     }
 
-    /// Bytes of files in hashes `[start, end)` (`end` as from [`end_of`]),
+    /// Bytes of files in hashes `[start, end)` (`end` as from [`ring_end`]),
     /// each file's bytes spread evenly over its hash range.
     fn file_bytes(&self, start: u128, end: u128) -> f64 {
         self.files
@@ -102,18 +94,19 @@ fn memtable_entries(engine: &Engine, start: u64, end: u64) -> Result<Vec<(u64, u
 }
 
 /// A shard's data as measured: total bytes, and how to find its middle.
-pub struct ShardData {
+/// Shards measured together share one read of the file list.
+pub struct ShardData<'a> {
     start: u128,
     end: u128,
-    layout: DataLayout,
+    layout: &'a DataLayout,
     memtable: Vec<(u64, u64)>,
 }
 
-impl ShardData {
+impl<'a> ShardData<'a> {
     /// Measures the shard of hash range `[start, end)`.
-    pub fn measure(engine: &Engine, layout: &DataLayout, start: u64, end: u64) -> Result<ShardData> {
+    pub fn measure(engine: &Engine, layout: &'a DataLayout, start: u64, end: u64) -> Result<ShardData<'a>> {
         let memtable = memtable_entries(engine, start, end)?;
-        Ok(ShardData { start: start as u128, end: end_of(end), layout: layout.clone(), memtable })
+        Ok(ShardData { start: start as u128, end: ring_end(end), layout, memtable })
     }
 
     /// Bytes below hash `h` (from the shard's start).
@@ -156,30 +149,30 @@ mod tests {
         DataLayout { files: files.iter().map(|&(lo, hi, bytes)| FileSpan { lo, hi, bytes }).collect() }
     }
 
-    fn shard(layout: DataLayout, start: u64, end: u64, memtable: Vec<(u64, u64)>) -> ShardData {
-        ShardData { start: start as u128, end: end_of(end), layout, memtable }
+    fn shard(layout: &DataLayout, start: u64, end: u64, memtable: Vec<(u64, u64)>) -> ShardData<'_> {
+        ShardData { start: start as u128, end: ring_end(end), layout, memtable }
     }
 
     #[test]
     fn a_files_bytes_count_for_the_part_of_its_hash_range_a_shard_covers() {
         let l = layout(&[(0, 999, 1000), (1000, 1999, 500)]);
-        assert_eq!(shard(l.clone(), 0, 500, vec![]).bytes(), 500);
-        assert_eq!(shard(l.clone(), 500, 1500, vec![]).bytes(), 750);
-        assert_eq!(shard(l.clone(), 3000, 0, vec![]).bytes(), 0);
-        assert_eq!(shard(l, 0, 0, vec![(5, 40)]).bytes(), 1540, "memtable entries add up");
+        assert_eq!(shard(&l, 0, 500, vec![]).bytes(), 500);
+        assert_eq!(shard(&l, 500, 1500, vec![]).bytes(), 750);
+        assert_eq!(shard(&l, 3000, 0, vec![]).bytes(), 0);
+        assert_eq!(shard(&l, 0, 0, vec![(5, 40)]).bytes(), 1540, "memtable entries add up");
     }
 
     #[test]
     fn the_middle_halves_the_bytes_and_stays_inside_the_range() {
-        let s = shard(layout(&[(0, 999, 1000), (1000, 1999, 3000)]), 0, 2000, vec![]);
-        let m = s.middle().unwrap();
+        let two = layout(&[(0, 999, 1000), (1000, 1999, 3000)]);
+        let m = shard(&two, 0, 2000, vec![]).middle().unwrap();
         assert!((1330..=1336).contains(&m), "{m}: 1000 + 3000 bytes, 2000 below 1333");
         // All in memtable at two hashes: the cut falls between them.
-        let s = shard(DataLayout::default(), 0, 0, vec![(100, 10), (1 << 40, 10)]);
-        let m = s.middle().unwrap();
+        let none = DataLayout::default();
+        let m = shard(&none, 0, 0, vec![(100, 10), (1 << 40, 10)]).middle().unwrap();
         assert!(m > 0 && m <= 101, "{m}");
-        assert_eq!(shard(DataLayout::default(), 0, 0, vec![]).middle(), None, "nothing to halve");
-        assert_eq!(shard(layout(&[(0, 10, 100)]), 7, 8, vec![]).middle(), None, "one hash wide");
+        assert_eq!(shard(&none, 0, 0, vec![]).middle(), None, "nothing to halve");
+        assert_eq!(shard(&layout(&[(0, 10, 100)]), 7, 8, vec![]).middle(), None, "one hash wide");
     }
 
     #[test]
@@ -192,7 +185,8 @@ mod tests {
             engine.put_cf(&mut wb, Cf::Data, &k, &[7u8; 100]);
         }
         engine.write(wb, false).unwrap();
-        let before = ShardData::measure(&engine, &DataLayout::read(&engine).unwrap(), 0, 0).unwrap();
+        let memtable_only = DataLayout::read(&engine).unwrap();
+        let before = ShardData::measure(&engine, &memtable_only, 0, 0).unwrap();
         assert!(before.bytes() >= 200_000, "memtable: {}", before.bytes());
         engine.db().flush_cf(engine.cf(Cf::Data)).unwrap();
         let layout = DataLayout::read(&engine).unwrap();

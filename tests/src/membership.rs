@@ -199,15 +199,7 @@ impl Admin {
         // A shard with an operator in flight refuses another: choose among
         // the others while there are any (the balancer is busy after a
         // node joins or leaves), so that most asks make a move.
-        if let Ok(ops) =
-            self.pc.call(CALL_TIMEOUT, |mut c| async move { c.list_operators(ListOperatorsRequest {}).await }).await
-        {
-            let idle: Vec<_> =
-                shards.iter().filter(|d| !ops.operators.iter().any(|o| o.shard_id == d.id)).cloned().collect();
-            if !idle.is_empty() {
-                shards = idle;
-            }
-        }
+        let shards = self.idle_first(shards, |d| d.id).await;
         let d = &shards[choose(&f.picks, 0, shards.len())];
         let mut holders: Vec<u64> = d.replicas.iter().map(|r| r.node_id).collect();
         holders.sort_unstable();
@@ -399,6 +391,22 @@ impl Admin {
         }
     }
 
+    /// The shards without an operator in flight (placement refuses a move
+    /// or a split of the others), or all of them when there are none such
+    /// or placement cannot say.
+    async fn idle_first<T>(&self, shards: Vec<T>, id: impl Fn(&T) -> u64) -> Vec<T> {
+        let Ok(ops) =
+            self.pc.call(CALL_TIMEOUT, |mut c| async move { c.list_operators(ListOperatorsRequest {}).await }).await
+        else {
+            return shards;
+        };
+        let busy = |s: &T| ops.operators.iter().any(|o| o.shard_id == id(s));
+        if shards.iter().all(busy) {
+            return shards;
+        }
+        shards.into_iter().filter(|s| !busy(s)).collect()
+    }
+
     /// `split`: splits a chosen shard at a chosen hash inside its range,
     /// through placement's `SplitShard`, then watches until the map shows
     /// both halves or the fault's time is up.
@@ -413,19 +421,10 @@ impl Admin {
         if shards.is_empty() {
             return Effect { targets: vec![], outcome: Outcome::new("no shard map", "no shards yet") };
         }
-        // Placement refuses to split a shard with a move in flight: choose
-        // among the others while there are any.
-        if let Ok(ops) =
-            self.pc.call(CALL_TIMEOUT, |mut c| async move { c.list_operators(ListOperatorsRequest {}).await }).await
-        {
-            let idle: Vec<_> =
-                shards.iter().filter(|(_, d)| !ops.operators.iter().any(|o| o.shard_id == d.id)).copied().collect();
-            if !idle.is_empty() {
-                shards = idle;
-            }
-        }
+        // Placement refuses to split a shard with a move in flight.
+        let shards = self.idle_first(shards, |(_, d)| d.id).await;
         let (leader, d) = shards[choose(&f.picks, 0, shards.len())];
-        let width = if d.end == 0 { (1u128 << 64) - d.start as u128 } else { (d.end - d.start) as u128 };
+        let width = ringkv_common::hashing::ring_end(d.end) - d.start as u128;
         if width < 2 {
             return Effect { targets: vec![], outcome: Outcome::new("too narrow", format!("shard {}", d.id)) };
         }

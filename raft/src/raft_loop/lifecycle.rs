@@ -147,29 +147,11 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         if replica_id == 0 || id == 0 {
             return Err(Error::invalid("replica_id", "group and replica ids must be non-zero"));
         }
-        if let Some(r) = self.replicas.get(&id) {
-            return if r.replica_id == replica_id {
-                Ok(()) // idempotent retry
-            } else {
-                Err(Error::invalid("group", format!("replica {} of group {id} exists here", r.replica_id)))
-            };
+        if self.replicas.get(&id).is_some_and(|r| r.replica_id == replica_id) {
+            return Ok(()); // idempotent retry
         }
-        if let Some(f) = self.failed.get(&id) {
-            return Err(Error::ReplicaFailed { group_id: id, reason: f.reason.clone() });
-        }
-        if self.destroying.contains(&id) {
-            return Err(Error::Retryable(format!("the previous replica of group {id} is still being deleted")));
-        }
-        if let Some(t) = self.tombstones.get(&id) {
-            if replica_id <= t.replica_id {
-                return Err(Error::invalid(
-                    "replica_id",
-                    format!(
-                        "replica {replica_id} of group {id} was removed from this node (tombstone {})",
-                        t.replica_id
-                    ),
-                ));
-            }
+        if let Some(e) = self.creation_refused(id, replica_id) {
+            return Err(e);
         }
         if self.replicas.values().any(|r| r.group.overlaps(&group)) {
             return Err(Error::invalid("group", "overlaps a group already on this node"));
@@ -194,6 +176,28 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Why replica `replica_id` of group `id` cannot be created on this
+    /// node now, if it cannot: a replica of the group is here (live or
+    /// fenced off), the previous one is still being deleted, or this one
+    /// (or a later one) was removed here. Creating on request and by a
+    /// split both ask.
+    pub(super) fn creation_refused(&self, id: u64, replica_id: u64) -> Option<Error> {
+        if let Some(r) = self.replicas.get(&id) {
+            return Some(Error::invalid("group", format!("replica {} of group {id} exists here", r.replica_id)));
+        }
+        if let Some(f) = self.failed.get(&id) {
+            return Some(Error::ReplicaFailed { group_id: id, reason: f.reason.clone() });
+        }
+        if self.destroying.contains(&id) {
+            return Some(Error::Retryable(format!("the previous replica of group {id} is still being deleted")));
+        }
+        let t = self.tombstones.get(&id).filter(|t| replica_id <= t.replica_id)?;
+        Some(Error::invalid(
+            "replica_id",
+            format!("replica {replica_id} of group {id} was removed from this node (tombstone {})", t.replica_id),
+        ))
     }
 
     /// Removes the replica on request (an operator's or placement's).

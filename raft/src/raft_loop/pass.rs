@@ -125,7 +125,6 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let mut answers: Vec<Answer<S>> = Vec::new();
         let mut applied = Vec::new();
         let mut children = Vec::new();
-        let mut put_bytes = [0u64; 3];
         let mut readies: HashMap<u64, raft::Ready> = readies.into_iter().collect();
         for id in &dirty {
             let Some(r) = self.replicas.get_mut(id) else { continue };
@@ -167,9 +166,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                     if let Some(r) = self.replicas.get_mut(id) {
                         maybe_compact(r, &mut batch.wb, &self.cfg.raft);
                     }
-                    for (total, n) in put_bytes.iter_mut().zip(batch.take_put_bytes()) {
-                        *total += n;
-                    }
+                    self.metrics.count_apply_bytes(batch.take_put_bytes());
                     batches.push(batch.take());
                     answers.append(&mut mine);
                     applied.push(*id);
@@ -186,12 +183,6 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         if !batches.is_empty() {
             if let Err(e) = self.engine.write(concat_batches(batches), false) {
                 panic!("writing applied entries: {e}");
-            }
-            for cf in [Cf::Data, Cf::Meta] {
-                let n = put_bytes[cf.as_u8() as usize];
-                if n > 0 {
-                    self.metrics.apply_bytes.with_label_values(&[cf.name()]).inc_by(n);
-                }
             }
         }
         self.open_split_children(children);

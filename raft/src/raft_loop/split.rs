@@ -36,7 +36,8 @@ use crate::storage::RaftStorage;
 /// How long a message for a group with no replica here is kept, in case a
 /// split is about to create it.
 const STASH_TTL: Duration = Duration::from_secs(2);
-/// At most this many such messages are kept per node (the oldest go first).
+/// At most this many such messages are kept per node; past it, what has
+/// expired is dropped, then new messages are.
 const STASH_CAPACITY: usize = 1024;
 
 /// Messages for groups with no replica on this node, kept for [`STASH_TTL`]:
@@ -110,17 +111,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             tracing::info!(group = parent.id(), new_group = id, "split: this node has no replica of the new group");
             return Ok(None);
         };
-        let tombstoned = self.tombstones.get(&id).is_some_and(|t| me.replica_id <= t.replica_id);
-        if self.replicas.contains_key(&id)
-            || self.failed.contains_key(&id)
-            || self.destroying.contains(&id)
-            || tombstoned
-        {
-            tracing::info!(
-                group = parent.id(),
-                new_group = id,
-                "split: the new group's replica here exists or was removed"
-            );
+        if let Some(why) = self.creation_refused(id, me.replica_id) {
+            tracing::info!(group = parent.id(), new_group = id, "split: the new group's replica is not created: {why}");
             return Ok(None);
         }
         let role = |r: MemberRole| new.members().iter().filter(|m| m.role == r as i32).map(|m| m.replica_id).collect();

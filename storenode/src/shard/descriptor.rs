@@ -31,15 +31,6 @@ pub fn to_replica(m: &Member) -> Replica {
     Replica { replica_id: m.replica_id, node_id: m.node_id, role: m.role }
 }
 
-/// The end of a ring range as a number past every hash (`end == 0` is 2^64).
-fn end_of(end: u64) -> u128 {
-    if end == 0 {
-        1u128 << 64
-    } else {
-        end as u128
-    }
-}
-
 impl Group for Shard {
     fn id(&self) -> u64 {
         self.0.id
@@ -84,7 +75,7 @@ impl Group for Shard {
     }
 
     fn overlaps(&self, other: &Self) -> bool {
-        (self.0.start as u128) < end_of(other.0.end) && (other.0.start as u128) < end_of(self.0.end)
+        ringkv_common::hashing::ranges_overlap(self.0.start, self.0.end, other.0.start, other.0.end)
     }
 }
 
