@@ -3,6 +3,10 @@
 # missing, so that `make run` and `make test` work on a fresh Debian machine.
 #   - libclang (bindgen, for RocksDB's -sys crate) and a C++ compiler
 #   - iproute2 / iptables (network-namespace fault tests)
+#   - prometheus (brings promtool): the monitoring test runs the shipped
+#     alert rules and dashboard queries through a real Prometheus, and the
+#     playground starts one when it is installed
+#   - chromium (headless): the web console's browser test
 # protoc comes from the protoc-bin-vendored crate; nothing else is needed.
 set -euo pipefail
 
@@ -21,6 +25,8 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
