@@ -8,6 +8,8 @@
 //! - [`server`]: binding listeners and running a process's servers and tasks.
 //! - [`wire_error`]: the typed errors a storenode answers, read from a gRPC status.
 //! - [`hashing`]: where a key sits on the ring (hash tags, ranges, prefixes).
+//! - [`metrics`]: registering and rendering Prometheus metrics, and the
+//!   series every process exports (process collector, build info).
 
 // tonic's `Status` is large, and gRPC calls return it by value: boxing it
 // everywhere would only add noise.
@@ -16,6 +18,7 @@
 
 pub mod hashing;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod placement_client;
 pub mod server;

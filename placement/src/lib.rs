@@ -14,7 +14,8 @@
 //! - [`service`]: the Placement gRPC API.
 //! - [`scheduler`]: the leader's background work: bootstrap, the checkers
 //!   (repair, decommission, balance, leaders) and the operators' driver.
-//! - [`metrics`]: the scheduler's metrics.
+//! - [`health`]: shard health classes (leaderless, under-replicated, ...).
+//! - [`metrics`]: placement's metrics.
 //! - [`server`]: wires it into a process.
 
 // tonic's `Status` is large, and gRPC handlers return it by value: boxing
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod group;
+pub mod health;
 pub mod metrics;
 pub mod operator;
 pub mod ring;

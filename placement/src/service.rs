@@ -442,16 +442,6 @@ impl Placement for PlacementService {
         self.ensure_leader().await?;
         let st = self.shared.state.read().clone();
         let map = self.map(&st);
-        let down: Vec<u64> = map.nodes.iter().filter(|n| n.state == NodeState::Down as i32).map(|n| n.id).collect();
-        let under = map
-            .shards
-            .iter()
-            .filter(|s| {
-                let d = s.shard.as_ref();
-                let voters = d.map_or(0, |d| d.replicas.iter().filter(|r| !down.contains(&r.node_id)).count());
-                s.down_replicas > 0 || voters < self.settings.replication_factor
-            })
-            .count();
         let placement = self
             .members
             .iter()
@@ -463,9 +453,13 @@ impl Placement for PlacementService {
             })
             .collect();
         let failed = self.liveness.lock().failed.clone();
+        let nodes = scheduler::node_views(self, &st);
+        let health =
+            crate::health::count(&map.shards, &scheduler::down_nodes(&nodes), self.settings.replication_factor);
+        let (under, leaderless) = (health.under_replicated, health.leaderless);
         let view = crate::scheduler::checkers::View {
             state: &st,
-            nodes: scheduler::node_views(self, &st),
+            nodes,
             failed: &failed,
             settings: &self.settings,
             leader_cooldown: &Default::default(),
@@ -473,14 +467,13 @@ impl Placement for PlacementService {
         };
         let balance = crate::scheduler::checkers::measure(&view);
         let blocked = self.scheduler.lock().blocked.len();
-        let leaderless = map.shards.iter().filter(|s| s.leader_node_id == 0).count() as u32;
         Ok(Response::new(ClusterStatusResponse {
             map_version: st.version,
             bootstrapped: st.bootstrapped,
             placement,
             shards: map.shards.len() as u32,
             shards_with_leader: map.shards.iter().filter(|s| s.leader_node_id != 0).count() as u32,
-            under_replicated: under as u32,
+            under_replicated: under,
             replication_factor: self.settings.replication_factor as u32,
             nodes: map.nodes,
             leaderless,

@@ -21,6 +21,42 @@ pub use rocksdb::Error as EngineError;
 #[derive(Clone)]
 pub struct Engine {
     db: Arc<DB>,
+    /// The options the DB was opened with: RocksDB's statistics (tickers)
+    /// live there.
+    opts: Arc<Options>,
+}
+
+/// What RocksDB reports of one column family, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CfStats {
+    /// Memtables, active and immutable.
+    pub memtable_bytes: u64,
+    /// Live SST files.
+    pub sst_bytes: u64,
+    /// Bytes compaction estimates it must rewrite.
+    pub pending_compaction_bytes: u64,
+    /// RocksDB's estimate of live keys.
+    pub estimated_keys: u64,
+}
+
+/// What RocksDB reports of itself, for metrics (cheap: in-memory
+/// properties and counters, no IO).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    /// Per column family.
+    pub cfs: Vec<(Cf, CfStats)>,
+    /// RocksDB stops writes now (too many L0 files or pending compaction).
+    pub write_stopped: bool,
+    /// The rate RocksDB slows writers to (0: writes are not delayed).
+    pub delayed_write_rate: u64,
+    /// Microseconds writers spent stalled since the DB opened.
+    pub stall_micros: u64,
+    /// Block cache hits since the DB opened.
+    pub block_cache_hits: u64,
+    /// Block cache misses since the DB opened.
+    pub block_cache_misses: u64,
+    /// Bytes held by the `data` CF's block cache.
+    pub block_cache_usage: u64,
 }
 
 /// Which column family.
@@ -82,6 +118,10 @@ impl Engine {
         // replayed after a kill -9. Past this size RocksDB flushes the column
         // families that pin the oldest WAL instead.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // Counters only (block cache hits, stall time): no timers or
+        // histograms, whose clock reads cost on every operation.
+        opts.enable_statistics();
+        opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         let mut data_opts = Options::default();
         let mut bbo = BlockBasedOptions::default();
         bbo.set_bloom_filter(10.0, false);
@@ -93,7 +133,44 @@ impl Engine {
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Engine { db: Arc::new(db) })
+        Ok(Engine { db: Arc::new(db), opts: Arc::new(opts) })
+    }
+
+    /// What RocksDB reports of itself. A property RocksDB cannot give reads
+    /// as 0 (metrics, not decisions, are made of these).
+    pub fn stats(&self) -> EngineStats {
+        use rocksdb::properties as p;
+        use rocksdb::statistics::Ticker;
+        let prop = |cf: Cf, name: &p::PropName| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten();
+        let cfs = [Cf::Data, Cf::Raft, Cf::Meta]
+            .into_iter()
+            .map(|cf| {
+                let v = |name| prop(cf, name).unwrap_or(0);
+                let stats = CfStats {
+                    memtable_bytes: v(p::CUR_SIZE_ALL_MEM_TABLES),
+                    sst_bytes: v(p::LIVE_SST_FILES_SIZE),
+                    pending_compaction_bytes: v(p::ESTIMATE_PENDING_COMPACTION_BYTES),
+                    estimated_keys: v(p::ESTIMATE_NUM_KEYS),
+                };
+                (cf, stats)
+            })
+            .collect();
+        let db_prop = |name: &p::PropName| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineStats {
+            cfs,
+            write_stopped: db_prop(p::IS_WRITE_STOPPED) != 0,
+            delayed_write_rate: db_prop(p::ACTUAL_DELAYED_WRITE_RATE),
+            stall_micros: self.opts.get_ticker_count(Ticker::StallMicros),
+            block_cache_hits: self.opts.get_ticker_count(Ticker::BlockCacheHit),
+            block_cache_misses: self.opts.get_ticker_count(Ticker::BlockCacheMiss),
+            block_cache_usage: prop(Cf::Data, p::BLOCK_CACHE_USAGE).unwrap_or(0),
+        }
+    }
+
+    /// (total, available) bytes of the filesystem holding the DB.
+    pub fn disk_space(&self) -> std::io::Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(self.db.path())?;
+        Ok((st.f_blocks.saturating_mul(st.f_frsize), st.f_bavail.saturating_mul(st.f_frsize)))
     }
 
     /// The handle of a column family.

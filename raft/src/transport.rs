@@ -181,7 +181,10 @@ impl<S: StateMachine> Transport for GrpcTransport<S> {
         let group_id = msg.group_id;
         self.rt.spawn(async move {
             let ok = match limits.sends.clone().acquire_owned().await {
-                Ok(_permit) => match send_snapshot_file(&book, node_id, msg, &path, &limits.send_rate).await {
+                Ok(_permit) => match {
+                    let _timer = metrics.snapshot_phase("send");
+                    send_snapshot_file(&book, node_id, msg, &path, &limits.send_rate).await
+                } {
                     Ok(bytes) => {
                         metrics.snapshot_bytes_sent.inc_by(bytes);
                         true
@@ -434,6 +437,7 @@ impl<S: StateMachine> RaftTransport for RaftService<S> {
         let _permit = self.limits.receives.acquire().await.map_err(|_| Status::unavailable("node stopping"))?;
         let path = self.snap_dir.received(header.group_id, md.term, md.index);
         let tmp = self.snap_dir.receiving(header.group_id, md.term, md.index);
+        let timer = self.metrics.snapshot_phase("receive");
         let res = async {
             self.receive_file(&mut stream, &tmp, &data).await?;
             tokio::fs::rename(&tmp, &path).await?;
@@ -448,7 +452,9 @@ impl<S: StateMachine> RaftTransport for RaftService<S> {
             self.metrics.snapshots.with_label_values(&["refused"]).inc();
             return Err(e);
         }
+        drop(timer);
         self.metrics.snapshots.with_label_values(&["received"]).inc();
+        self.metrics.snapshot_bytes_received.inc_by(data.file_size);
         let req = LoopRequest::Raft { group_id: header.group_id, from_node: header.from_node, msg: Box::new(msg) };
         self.loop_handle.send_internal(req).map_err(|_| Status::unavailable("node stopping"))?;
         Ok(Response::new(Done {}))

@@ -19,6 +19,7 @@ use ringkv_raft::engine::Engine;
 use ringkv_raft::Group;
 
 use crate::load::ShardLoad;
+use crate::metrics::{Metrics, ShardFigures};
 use crate::service::admin::status_to_proto;
 use crate::shard::{Shard, ShardStateMachine};
 use crate::sizes::{DataLayout, ShardData};
@@ -46,6 +47,8 @@ pub struct Heartbeat {
     pub load: Arc<ShardLoad>,
     /// How often the sizes of the shards this node leads are measured.
     pub size_check: Duration,
+    /// Where the leaders' sizes and load are exported.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the heartbeat keeps between beats.
@@ -54,20 +57,29 @@ struct Measured {
     /// When sizes were last measured, and the last beat.
     sizes_at: Option<Instant>,
     beat_at: Option<Instant>,
-    /// Shard id -> (descriptor version measured under, bytes).
-    sizes: HashMap<u64, (u64, u64)>,
+    /// Shard id -> what was measured.
+    sizes: HashMap<u64, Size>,
+}
+
+/// A shard's size as measured.
+#[derive(Clone, Copy, Debug)]
+struct Size {
+    /// The descriptor version it was measured under.
+    version: u64,
+    bytes: u64,
+    keys: u64,
 }
 
 /// Measures the sizes of `shards` ((id, version, start, end)) on a blocking
 /// thread.
-async fn measure(engine: &Engine, shards: Vec<(u64, u64, u64, u64)>) -> Result<HashMap<u64, (u64, u64)>, String> {
+async fn measure(engine: &Engine, shards: Vec<(u64, u64, u64, u64)>) -> Result<HashMap<u64, Size>, String> {
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || {
         let layout = DataLayout::read(&engine).map_err(|e| e.to_string())?;
         let mut out = HashMap::new();
         for (id, version, start, end) in shards {
             let data = ShardData::measure(&engine, &layout, start, end).map_err(|e| e.to_string())?;
-            out.insert(id, (version, data.bytes()));
+            out.insert(id, Size { version, bytes: data.bytes(), keys: data.keys() });
         }
         Ok(out)
     })
@@ -148,6 +160,7 @@ impl Heartbeat {
         let secs = m.beat_at.map_or(self.interval, |t| now.duration_since(t)).as_secs_f64().max(0.001);
         m.beat_at = Some(now);
         let load = self.load.take();
+        let mut figures = Vec::new();
         let replicas: Vec<ReplicaReport> = status
             .iter()
             .cloned()
@@ -157,15 +170,26 @@ impl Heartbeat {
                 if r.is_leader {
                     // Sizes measured under an older version (before a split)
                     // say nothing of the shard now.
-                    r.approximate_bytes = m.sizes.get(&id).filter(|(v, _)| *v == version).map_or(0, |(_, b)| *b);
+                    let size = m.sizes.get(&id).filter(|s| s.version == version);
+                    r.approximate_bytes = size.map_or(0, |s| s.bytes);
                     let l = load.get(&id).copied().unwrap_or_default();
                     r.reads_per_sec = l.reads as f64 / secs;
                     r.writes_per_sec = l.writes as f64 / secs;
                     r.load_split_hash = l.split_hash;
+                    figures.push((
+                        id,
+                        ShardFigures {
+                            bytes: r.approximate_bytes,
+                            keys: size.map_or(0, |s| s.keys),
+                            reads_per_sec: r.reads_per_sec,
+                            writes_per_sec: r.writes_per_sec,
+                        },
+                    ));
                 }
                 r
             })
             .collect();
+        self.metrics.set_shard_figures(&figures);
         let req = NodeHeartbeatRequest { node_id: self.node_id, replicas };
         let resp = self
             .client

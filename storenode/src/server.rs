@@ -126,6 +126,7 @@ impl Storenode {
                 engine: raft.engine.clone(),
                 load,
                 size_check: Duration::from_millis(cfg.size_check_ms),
+                metrics: metrics.clone(),
             };
             let stopped = serving.stopped();
             serving.spawn(hb.run(stopped));

@@ -5,7 +5,9 @@
 //! what is still in the memtables (read with a memtable-only iterator, at
 //! most the write buffer). TiKV's approximate region size works the same
 //! way. Space that deleted or overwritten data holds until compaction
-//! counts too: the estimate is of what the shard costs on disk.
+//! counts too: the estimate is of what the shard costs on disk. Keys are
+//! estimated the same way from each file's entry count (less its
+//! deletions), so overwritten keys count until compaction merges them.
 //!
 //! Runs on a blocking thread: listing files and reading memtables touch
 //! RocksDB.
@@ -18,13 +20,15 @@ use ringkv_raft::engine::{Cf, Engine};
 use crate::error::Result;
 use crate::keys;
 
-/// One SST file of the `data` CF as a hash range and a size.
+/// One SST file of the `data` CF as a hash range, a size and a key count.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct FileSpan {
     /// First and last hash of the file's keys (inclusive).
     lo: u64,
     hi: u64,
     bytes: u64,
+    /// Entries less deletions.
+    keys: u64,
 }
 
 /// The `data` CF's files, read once and used for many shards.
@@ -52,15 +56,17 @@ impl DataLayout {
             .filter(|f| f.column_family_name == Cf::Data.name())
             .filter_map(|f| {
                 let (lo, hi) = (hash_of(f.start_key.as_deref()?), hash_of(f.end_key.as_deref()?));
-                Some(FileSpan { lo: lo.min(hi), hi: lo.max(hi), bytes: f.size as u64 })
+                let keys = f.num_entries.saturating_sub(f.num_deletions);
+                Some(FileSpan { lo: lo.min(hi), hi: lo.max(hi), bytes: f.size as u64, keys })
             })
             .collect();
         Ok(DataLayout { files })
     }
 
-    /// Bytes of files in hashes `[start, end)` (`end` as from [`ring_end`]),
-    /// each file's bytes spread evenly over its hash range.
-    fn file_bytes(&self, start: u128, end: u128) -> f64 {
+    /// What files hold in hashes `[start, end)` (`end` as from
+    /// [`ring_end`]): `what` of each file (its bytes, its keys) spread evenly
+    /// over its hash range.
+    fn spread(&self, start: u128, end: u128, what: impl Fn(&FileSpan) -> u64) -> f64 {
         self.files
             .iter()
             .map(|f| {
@@ -69,7 +75,7 @@ impl DataLayout {
                 if a >= b {
                     0.0
                 } else {
-                    f.bytes as f64 * (b - a) as f64 / (hi - lo) as f64
+                    what(f) as f64 * (b - a) as f64 / (hi - lo) as f64
                 }
             })
             .sum()
@@ -112,12 +118,18 @@ impl<'a> ShardData<'a> {
     /// Bytes below hash `h` (from the shard's start).
     fn bytes_below(&self, h: u128) -> f64 {
         let mem: u64 = self.memtable.iter().filter(|(x, _)| (*x as u128) < h).map(|(_, b)| b).sum();
-        self.layout.file_bytes(self.start, h) + mem as f64
+        self.layout.spread(self.start, h, |f| f.bytes) + mem as f64
     }
 
     /// Approximate bytes of the shard.
     pub fn bytes(&self) -> u64 {
         self.bytes_below(self.end) as u64
+    }
+
+    /// Approximate keys of the shard (a key in a file and in the memtable
+    /// counts twice until they are merged).
+    pub fn keys(&self) -> u64 {
+        (self.layout.spread(self.start, self.end, |f| f.keys) + self.memtable.len() as f64) as u64
     }
 
     /// The hash that halves the shard's bytes, strictly inside its range;
@@ -146,7 +158,7 @@ mod tests {
     use super::*;
 
     fn layout(files: &[(u64, u64, u64)]) -> DataLayout {
-        DataLayout { files: files.iter().map(|&(lo, hi, bytes)| FileSpan { lo, hi, bytes }).collect() }
+        DataLayout { files: files.iter().map(|&(lo, hi, bytes)| FileSpan { lo, hi, bytes, keys: bytes / 10 }).collect() }
     }
 
     fn shard(layout: &DataLayout, start: u64, end: u64, memtable: Vec<(u64, u64)>) -> ShardData<'_> {
@@ -160,6 +172,8 @@ mod tests {
         assert_eq!(shard(&l, 500, 1500, vec![]).bytes(), 750);
         assert_eq!(shard(&l, 3000, 0, vec![]).bytes(), 0);
         assert_eq!(shard(&l, 0, 0, vec![(5, 40)]).bytes(), 1540, "memtable entries add up");
+        assert_eq!(shard(&l, 500, 1500, vec![]).keys(), 75, "keys spread like bytes");
+        assert_eq!(shard(&l, 0, 0, vec![(5, 40)]).keys(), 151);
     }
 
     #[test]
@@ -188,10 +202,12 @@ mod tests {
         let memtable_only = DataLayout::read(&engine).unwrap();
         let before = ShardData::measure(&engine, &memtable_only, 0, 0).unwrap();
         assert!(before.bytes() >= 200_000, "memtable: {}", before.bytes());
+        assert_eq!(before.keys(), 2000);
         engine.db().flush_cf(engine.cf(Cf::Data)).unwrap();
         let layout = DataLayout::read(&engine).unwrap();
         let after = ShardData::measure(&engine, &layout, 0, 0).unwrap();
         assert!(after.bytes() > 10_000, "flushed (compressed): {}", after.bytes());
+        assert_eq!(after.keys(), 2000, "one file: its entry count");
         let half = ShardData::measure(&engine, &layout, 0, after.middle().unwrap()).unwrap();
         let ratio = half.bytes() as f64 / after.bytes() as f64;
         assert!((0.45..=0.55).contains(&ratio), "{ratio}");

@@ -23,6 +23,7 @@ use ringkv_proto::placement::{
 };
 use tokio::sync::watch;
 
+use crate::metrics::NodeFigures;
 use crate::operator::{kind_name, outcome_name};
 use crate::ring::initial_shards;
 use crate::service::PlacementService;
@@ -79,7 +80,11 @@ pub async fn run(svc: PlacementService, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let leader = is_leader(&s.svc).await;
+        s.svc.metrics.is_leader.set(leader as i64);
         if leader != was_leader {
+            if !leader {
+                s.svc.metrics.clear_cluster();
+            }
             let mut live = s.svc.liveness.lock();
             live.last_seen.clear();
             live.failed.clear();
@@ -143,6 +148,44 @@ pub fn node_views(svc: &PlacementService, st: &ClusterState) -> BTreeMap<u64, No
         .collect()
 }
 
+/// The storenodes observed down now.
+pub fn down_nodes(nodes: &BTreeMap<u64, NodeView>) -> HashSet<u64> {
+    nodes.values().filter(|n| n.node.state == NodeState::Down as i32).map(|n| n.node.id).collect()
+}
+
+/// Sets the cluster's figures: nodes by state with their replicas and
+/// leaders (removed nodes included, as `removed`), shards by health.
+fn set_cluster_metrics(svc: &PlacementService, st: &ClusterState, views: &BTreeMap<u64, NodeView>) {
+    let mut per_node: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+    for info in st.shards.values() {
+        for r in info.shard.iter().flat_map(|d| d.replicas.iter()) {
+            per_node.entry(r.node_id).or_default().0 += 1;
+        }
+        if info.leader_node_id != 0 {
+            per_node.entry(info.leader_node_id).or_default().1 += 1;
+        }
+    }
+    let nodes: Vec<NodeFigures> = st
+        .nodes
+        .values()
+        .map(|n| {
+            let observed = views.get(&n.id).map(|v| &v.node);
+            let state = match observed.map(|o| (NodeState::try_from(o.state), o.maintenance)) {
+                None => "removed",
+                Some((_, true)) => "maintenance",
+                Some((Ok(NodeState::Down), _)) => "down",
+                Some((Ok(NodeState::Draining), _)) => "draining",
+                Some((Ok(NodeState::Removed), _)) => "removed",
+                Some(_) => "up",
+            };
+            let (replicas, leaders) = per_node.get(&n.id).copied().unwrap_or_default();
+            NodeFigures { id: n.id, state, replicas, leaders }
+        })
+        .collect();
+    let health = crate::health::count(st.shards.values(), &down_nodes(views), svc.settings.replication_factor);
+    svc.metrics.set_cluster(&nodes, st.shards.len() as u32, &health);
+}
+
 /// Plans a pass over `st` as this leader sees the nodes now.
 pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeMap<u64, u64>) -> Plan {
     let nodes = node_views(svc, st);
@@ -159,22 +202,9 @@ pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeMap<u64, 
     let plan = checkers::plan(&view, now_ms());
     let m = &svc.metrics;
     let balance = checkers::measure(&view);
-    m.balanced.set(i64::from(balance.balanced && st.operators.is_empty() && plan.blocked.is_empty()));
-    m.blocked.set(plan.blocked.len() as i64);
-    for state in ["up", "down", "draining", "maintenance"] {
-        m.nodes.with_label_values(&[state]).set(0);
-    }
-    for n in view.nodes.values() {
-        let state = match NodeState::try_from(n.node.state) {
-            Ok(NodeState::Draining) => "draining",
-            Ok(NodeState::Down) => "down",
-            _ => "up",
-        };
-        m.nodes.with_label_values(&[state]).inc();
-        if n.node.maintenance {
-            m.nodes.with_label_values(&["maintenance"]).inc();
-        }
-    }
+    m.balanced.with_label_values(&[]).set(i64::from(balance.balanced && st.operators.is_empty() && plan.blocked.is_empty()));
+    m.blocked.with_label_values(&[]).set(plan.blocked.len() as i64);
+    set_cluster_metrics(svc, st, &view.nodes);
     for kind in ["move", "add", "remove"] {
         let n = st.operators.values().filter(|o| kind_name(o.kind) == kind).count();
         m.operators_in_flight.with_label_values(&[kind]).set(n as i64);

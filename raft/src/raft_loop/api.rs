@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -18,6 +19,7 @@ use ringkv_proto::engine::RaftMessage;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::metrics::RaftMetrics;
 use crate::state_machine::StateMachine;
 use crate::Member;
 
@@ -244,11 +246,13 @@ pub trait Transport: Send + 'static {
 pub struct LoopHandle<S: StateMachine> {
     pub(super) requests: Sender<LoopRequest<S>>,
     pub(super) internal: Sender<LoopRequest<S>>,
+    /// Counts requests refused because the inbox is full.
+    pub(super) metrics: Arc<RaftMetrics>,
 }
 
 impl<S: StateMachine> Clone for LoopHandle<S> {
     fn clone(&self) -> Self {
-        LoopHandle { requests: self.requests.clone(), internal: self.internal.clone() }
+        LoopHandle { requests: self.requests.clone(), internal: self.internal.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -257,7 +261,10 @@ impl<S: StateMachine> LoopHandle<S> {
     /// if the loop is gone.
     pub fn try_send(&self, r: LoopRequest<S>) -> Result<()> {
         self.requests.try_send(r).map_err(|e| match e {
-            TrySendError::Full(_) => Error::Busy("raft loop inbox full".into()),
+            TrySendError::Full(_) => {
+                self.metrics.raft_inbox_full.inc();
+                Error::Busy("raft loop inbox full".into())
+            }
             TrySendError::Disconnected(_) => Error::Stopped,
         })
     }

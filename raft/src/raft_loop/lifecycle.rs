@@ -125,6 +125,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             joint_waiters: Vec::new(),
             reads: Reads::default(),
             is_leader: false,
+            leader_seen: 0,
             removed: false,
             lifecycle: Lifecycle::Normal,
             deferred: Vec::new(),

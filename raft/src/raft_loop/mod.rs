@@ -69,6 +69,10 @@ use replica::{Lifecycle, Replica};
 /// not delay persisting and answering the ones already taken.
 const MAX_REQUESTS_PER_PASS: usize = 4096;
 
+/// RocksDB's figures and the disk's free space are read every this many
+/// ticks (and at the first).
+const ENGINE_STATS_TICKS: u64 = 50;
+
 /// What the loop needs to start.
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
@@ -112,6 +116,9 @@ pub struct RaftLoop<S: StateMachine, T: Transport> {
     generating: usize,
     /// Messages for groups with no replica here yet (see `split.rs`).
     stash: split::Stash,
+    /// Groups whose per-replica series the last gauge round exported, with
+    /// the followers whose lag it exported (see `update_gauges`).
+    exported: HashMap<u64, Vec<u64>>,
     new_sm: Box<dyn Fn() -> S + Send>,
 }
 
@@ -128,7 +135,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
     ) -> Result<(Self, LoopHandle<S>)> {
         let (req_tx, requests) = crossbeam_channel::bounded(cfg.raft.inbox_capacity);
         let (int_tx, internal) = crossbeam_channel::unbounded();
-        let handle = LoopHandle { requests: req_tx, internal: int_tx };
+        let handle = LoopHandle { requests: req_tx, internal: int_tx, metrics: metrics.clone() };
         let snap_dir = SnapshotDir::new(cfg.snapshot_dir.clone())?;
         let mut lp = RaftLoop {
             cfg,
@@ -148,6 +155,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             ticks: 0,
             generating: 0,
             stash: split::Stash::default(),
+            exported: HashMap::new(),
             new_sm: Box::new(new_sm),
         };
         lp.open_persisted()?;
@@ -285,23 +293,77 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             }
             r.expire_proposals(now);
         }
+        if self.ticks == 1 || self.ticks.is_multiple_of(ENGINE_STATS_TICKS) {
+            self.update_engine_gauges();
+        }
         if self.ticks.is_multiple_of(10) {
             self.update_gauges();
             self.stash.expire(now);
         }
     }
 
-    fn update_gauges(&self) {
+    /// Sets every replica's gauges (once a second) and removes the series
+    /// of replicas and followers gone since the last round, so that series
+    /// stay bounded by what the node hosts.
+    fn update_gauges(&mut self) {
         let m = &self.metrics;
+        let mut exported = HashMap::with_capacity(self.replicas.len());
         for (id, r) in &self.replicas {
-            let l = [id.to_string()];
-            let l = [l[0].as_str()];
+            let g = id.to_string();
+            let l = [g.as_str()];
+            let raft = &r.raw.raft;
+            let store = r.raw.store();
+            let learner = raft.prs().conf().learners().contains(&r.replica_id);
             m.shard_is_leader.with_label_values(&l).set(r.is_leader as i64);
-            m.shard_term.with_label_values(&l).set(r.raw.raft.term as i64);
-            m.shard_commit_index.with_label_values(&l).set(r.raw.raft.raft_log.committed as i64);
-            m.shard_applied_index.with_label_values(&l).set(r.raw.store().applied_index() as i64);
+            m.shard_is_learner.with_label_values(&l).set(learner as i64);
+            m.shard_term.with_label_values(&l).set(raft.term as i64);
+            m.shard_commit_index.with_label_values(&l).set(raft.raft_log.committed as i64);
+            m.shard_applied_index.with_label_values(&l).set(store.applied_index() as i64);
+            let entries = store.last_index_now().saturating_sub(store.truncated_index());
+            m.shard_log_entries.with_label_values(&l).set(entries as i64);
+            m.shard_log_bytes.with_label_values(&l).set(store.log_bytes() as i64);
+            let installing = r.lifecycle != Lifecycle::Normal;
+            m.shard_snapshot_installing.with_label_values(&l).set(installing as i64);
+            let mut peers = Vec::new();
+            if r.leads() {
+                let last = raft.raft_log.last_index();
+                for (rid, p) in raft.prs().iter().filter(|(rid, _)| **rid != r.replica_id) {
+                    let Some(node) = r.node_of(*rid) else { continue };
+                    let lag = last.saturating_sub(p.matched);
+                    m.shard_follower_lag.with_label_values(&[&g, &node.to_string()]).set(lag as i64);
+                    peers.push(node);
+                }
+            }
+            exported.insert(*id, peers);
         }
+        for (id, peers) in std::mem::take(&mut self.exported) {
+            match exported.get(&id) {
+                None => m.forget_group(id, peers),
+                Some(now) => {
+                    for p in peers.into_iter().filter(|p| !now.contains(p)) {
+                        let _ = m.shard_follower_lag.remove_label_values(&[&id.to_string(), &p.to_string()]);
+                    }
+                }
+            }
+        }
+        self.exported = exported;
+        m.replicas.set(self.replicas.len() as i64);
         m.replicas_failed.set(self.failed.len() as i64);
+        m.inbox_depth.set(self.requests.len() as i64);
+    }
+
+    /// RocksDB's own figures and the data directory's free space (in-memory
+    /// properties and one statvfs: cheap enough for the loop thread every
+    /// few seconds).
+    fn update_engine_gauges(&self) {
+        self.metrics.set_engine_stats(&self.engine.stats());
+        match self.engine.disk_space() {
+            Ok((total, free)) => {
+                self.metrics.disk_total_bytes.set(total as i64);
+                self.metrics.disk_free_bytes.set(free as i64);
+            }
+            Err(e) => tracing::debug!("statvfs of the data directory: {e}"),
+        }
     }
 
     fn status(&self, ids: &[u64]) -> Vec<ReplicaStatus<S::Group>> {

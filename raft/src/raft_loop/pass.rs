@@ -36,6 +36,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             return;
         }
         self.metrics.raft_loop_passes.inc();
+        let pass_start = std::time::Instant::now();
         let dirty = std::mem::take(&mut self.dirty);
         let node_id = self.cfg.node_id;
         let mut wb = WriteBatch::default();
@@ -55,6 +56,10 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             let Some(r) = self.replicas.get_mut(id) else { continue };
             let mut rd = r.raw.ready();
             if let Some(ss) = rd.ss() {
+                if ss.leader_id != r.leader_seen {
+                    r.leader_seen = ss.leader_id;
+                    self.metrics.leader_changes.inc();
+                }
                 let leads = ss.raft_state == StateRole::Leader;
                 if r.is_leader && !leads {
                     r.lost_leadership(not_leader);
@@ -109,9 +114,11 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         if !wb.is_empty() {
             // A failed synced write leaves Raft's promises unknowable: stop the
             // process rather than answer anything (as etcd and TiKV do).
+            let append_start = std::time::Instant::now();
             if let Err(e) = self.engine.write(wb, true) {
                 panic!("persisting Raft state: {e}");
             }
+            self.metrics.append_duration.observe(append_start.elapsed().as_secs_f64());
             self.metrics.raft_fsyncs.inc();
             self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
         }
@@ -206,6 +213,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             }
             self.maybe_generate_snapshot(id);
         }
+        self.metrics.pass_duration.observe(pass_start.elapsed().as_secs_f64());
     }
 
     /// Applies a replica's committed entries into `batch`, creating the

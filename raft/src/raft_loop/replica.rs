@@ -71,6 +71,9 @@ pub(super) struct Replica<S: StateMachine> {
     pub joint_waiters: Vec<Callback<S::Group>>,
     pub reads: Reads<S::Group>,
     pub is_leader: bool,
+    /// The leader (replica id, 0 for none) this replica last saw, to count
+    /// leader changes.
+    pub leader_seen: u64,
     /// Removed from the group by an applied membership change.
     pub removed: bool,
     pub lifecycle: Lifecycle,

@@ -141,6 +141,11 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 let _ = cb.send(Ok(answer));
             }
             Err(e) => {
+                // Only for groups hosted here: a caller naming arbitrary
+                // groups must not create series.
+                if self.replicas.contains_key(&group_id) {
+                    self.metrics.shard_proposals_dropped.with_label_values(&[&group_id.to_string()]).inc();
+                }
                 let _ = cb.send(Err(e));
             }
         }

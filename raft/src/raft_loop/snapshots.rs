@@ -29,6 +29,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             (self.engine.clone(), self.snap_dir.clone(), r.snap_slot.clone(), self.handle.clone());
         let metrics = self.metrics.clone();
         let spawned = std::thread::Builder::new().name(format!("snap-gen-{id}")).spawn(move || {
+            let timer = metrics.snapshot_phase("generate");
             let res = snapshot::generate::<S::Group>(&engine, &dir, id);
             match &res {
                 Ok(s) => {
@@ -37,6 +38,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 }
                 Err(e) => tracing::warn!(group = id, "snapshot generation failed: {e}"),
             }
+            drop(timer);
             slot.lock().finish(res.ok());
             drop(engine); // before reporting: see `destroy` in lifecycle.rs
             let _ = handle.send_internal(LoopRequest::SnapshotGenerated { group_id: id });
@@ -55,8 +57,10 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         r.lifecycle = Lifecycle::ApplyingSnapshot { index };
         let (engine, group, replica_id, handle) =
             (self.engine.clone(), r.group.clone(), r.replica_id, self.handle.clone());
+        let timer = self.metrics.snapshot_phase("install");
         let spawned = std::thread::Builder::new().name(format!("snap-install-{id}")).spawn(move || {
             let result = snapshot::install(&engine, &group, replica_id, &state);
+            drop(timer);
             drop(engine); // before reporting: see `destroy` in lifecycle.rs
             let _ = handle.send_internal(LoopRequest::SnapshotInstalled { group_id: id, index, result });
         });
