@@ -278,7 +278,7 @@ def overview():
                steps=thresholds(("green", None), ("orange", 1)), graph=True,
                desc="Router calls, all ops, retries included."), w=3, h=4)
     L.add(stat("Min disk free",
-               [target("min(ringkv_storenode_disk_free_bytes / ringkv_storenode_disk_total_bytes)", instant=True)],
+               [target("min(ringkv_disk_free_bytes / ringkv_disk_total_bytes)", instant=True)],
                "percentunit", steps=thresholds(("red", None), ("orange", 0.1), ("green", 0.2)),
                desc="The fullest storenode's free share of its data filesystem."), w=3, h=4)
     L.add(stat("Fenced replicas", [target("sum(ringkv_raft_replicas_failed)", instant=True)], "none",
@@ -314,7 +314,7 @@ def overview():
                      [target("sum by (storenode) (ringkv_placement_node_leaders)", "storenode {{storenode}}")],
                      "none"))
     L.add(timeseries("Disk free by storenode",
-                     [target("ringkv_storenode_disk_free_bytes / ringkv_storenode_disk_total_bytes", "node {{node}}")],
+                     [target("ringkv_disk_free_bytes / ringkv_disk_total_bytes", "node {{node}}")],
                      "percentunit", max_=1))
     return dashboard("ringkv-overview", "ringkv / Overview",
                      "What to look at first: nodes, shard health, traffic, errors, latency, disk.", L, [])
@@ -499,11 +499,11 @@ def storenode():
         target(f"process_max_fds{{{i}}}", "max {{instance}}"),
     ]), "short"), w=8)
     L.add(timeseries("Disk free", [target(
-        f"ringkv_storenode_disk_free_bytes{{{n}}} / ringkv_storenode_disk_total_bytes{{{n}}}", "node {{node}}")],
+        f"ringkv_disk_free_bytes{{{n}}} / ringkv_disk_total_bytes{{{n}}}", "node {{node}}")],
         "percentunit", max_=1, desc="Alerts at 20% (warning) and 10% (critical)."), w=8)
     L.add(timeseries("Disk free and total", refs([
-        target(f"ringkv_storenode_disk_free_bytes{{{n}}}", "free node {{node}}"),
-        target(f"ringkv_storenode_disk_total_bytes{{{n}}}", "total node {{node}}"),
+        target(f"ringkv_disk_free_bytes{{{n}}}", "free node {{node}}"),
+        target(f"ringkv_disk_total_bytes{{{n}}}", "total node {{node}}"),
     ]), "bytes"), w=8)
     L.add(timeseries("Uptime", [target(f"time() - process_start_time_seconds{{{i}}}", "{{instance}}")], "s"), w=8)
     return dashboard("ringkv-storenode", "ringkv / Storenode",
