@@ -1,34 +1,57 @@
-//! The router's Prometheus metrics: every API call by operation and outcome,
-//! and its latency. Served on the HTTP port at /metrics.
+//! The router's Prometheus metrics: every API call by operation and outcome
+//! and its latency, retries by cause, calls in flight, and how fresh the
+//! shard map is. Served on the HTTP port at /metrics. One registry per
+//! process (a router holds no node id; Prometheus's `instance` tells
+//! routers apart).
 
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use parking_lot::Mutex;
+use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
+use ringkv_common::metrics::{counter_vec, gauge, histogram_vec, register_process_metrics};
+use ringkv_common::WireError;
 use ringkv_proto::api::{Error as ApiError, ErrorCode};
 
 struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    retries: IntCounterVec,
+    in_flight: IntGauge,
+    map_version: IntGauge,
+    map_shards: IntGauge,
+    map_age: IntGauge,
+    /// `None` while the watch stream to placement is open (every change is
+    /// pushed: the map is current); else when the router last was in sync.
+    out_of_sync_since: Mutex<Option<Instant>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
-    let requests = IntCounterVec::new(
-        Opts::new("ringkv_router_requests_total", "API calls by operation and outcome"),
-        &["op", "outcome"],
-    )
-    .expect("valid metric");
-    let duration = HistogramVec::new(
-        HistogramOpts::new("ringkv_router_request_duration_seconds", "API call latency, retries included")
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
-        &["op"],
-    )
-    .expect("valid metric");
-    registry.register(Box::new(requests.clone())).expect("register");
-    registry.register(Box::new(duration.clone())).expect("register");
-    Metrics { registry, requests, duration }
+    let r = &registry;
+    register_process_metrics(r);
+    Metrics {
+        requests: counter_vec(r, "ringkv_router_requests_total", "API calls by operation and outcome", &["op", "outcome"]),
+        duration: histogram_vec(
+            r,
+            "ringkv_router_request_duration_seconds",
+            "API call latency, retries included",
+            &["op"],
+            prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+        ),
+        retries: counter_vec(r, "ringkv_router_retries_total", "Attempts retried, by cause", &["cause"]),
+        in_flight: gauge(r, "ringkv_router_in_flight", "Calls in flight"),
+        map_version: gauge(r, "ringkv_router_shard_map_version", "Version of the cached shard map"),
+        map_shards: gauge(r, "ringkv_router_shard_map_shards", "Shards in the cached shard map"),
+        map_age: gauge(
+            r,
+            "ringkv_router_shard_map_age_seconds",
+            "Seconds the router has been out of sync with placement (0 while its watch stream is open)",
+        ),
+        out_of_sync_since: Mutex::new(Some(Instant::now())),
+        registry,
+    }
 });
 
 /// Records one call of `op` that started at `start`.
@@ -47,9 +70,77 @@ pub fn observe<T>(op: &str, start: Instant, r: &Result<T, ApiError>) {
     METRICS.duration.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
 }
 
+/// The retry cause an attempt's error is counted under.
+pub fn retry_cause(e: &WireError) -> &'static str {
+    match e {
+        WireError::NotLeader { .. } => "not_leader",
+        WireError::EpochMismatch(_) => "epoch_mismatch",
+        WireError::KeyNotInShard { .. } | WireError::ShardNotFound(_) => "stale_map",
+        WireError::Busy(_) => "busy",
+        WireError::Ambiguous(_) => "ambiguous",
+        _ => "unavailable",
+    }
+}
+
+/// Counts an attempt that failed with `e` and is retried.
+pub fn retried(e: &WireError) {
+    METRICS.retries.with_label_values(&[retry_cause(e)]).inc();
+}
+
+/// A call in flight, counted until dropped.
+pub struct InFlight(());
+
+impl InFlight {
+    /// Counts a call in flight.
+    pub fn start() -> InFlight {
+        METRICS.in_flight.inc();
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.in_flight.dec();
+    }
+}
+
+/// Records the shard map the router installed.
+pub fn map_installed(version: u64, shards: usize) {
+    METRICS.map_version.set(version as i64);
+    METRICS.map_shards.set(shards as i64);
+}
+
+/// Records whether the watch stream to placement is open (`true`: the map
+/// is current) or has just closed.
+pub fn map_in_sync(open: bool) {
+    let mut since = METRICS.out_of_sync_since.lock();
+    match (open, *since) {
+        (true, _) => *since = None,
+        (false, None) => *since = Some(Instant::now()),
+        (false, Some(_)) => {}
+    }
+}
+
 /// The router's metrics in the Prometheus text format.
 pub fn render() -> String {
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+    let age = METRICS.out_of_sync_since.lock().map_or(0, |t| t.elapsed().as_secs());
+    METRICS.map_age.set(age as i64);
+    ringkv_common::metrics::render(&METRICS.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_causes_are_the_documented_labels() {
+        assert_eq!(retry_cause(&WireError::EpochMismatch(Box::default())), "epoch_mismatch");
+        assert_eq!(retry_cause(&WireError::Retryable("x".into())), "unavailable");
+        assert_eq!(retry_cause(&WireError::ShardNotFound(3)), "stale_map");
+        retried(&WireError::Busy("full".into()));
+        let text = render();
+        assert!(text.contains("ringkv_router_retries_total{cause=\"busy\"}"), "{text}");
+        assert!(text.contains("ringkv_router_shard_map_age_seconds"), "{text}");
+        assert!(text.contains("process_open_fds"), "{text}");
+    }
 }

@@ -109,6 +109,7 @@ impl Router {
             .inflight
             .try_acquire()
             .map_err(|_| RouteError::Overloaded("too many requests in flight on this router".into()))?;
+        let _in_flight = crate::metrics::InFlight::start();
         let (request_id, deadline) = (req.request_id.as_slice(), req.deadline);
         let mut attempts = Attempts::new(req.is_write, deadline);
         loop {
@@ -131,7 +132,10 @@ impl Router {
             };
             let step = attempts.next_step(&err, Instant::now(), rand::thread_rng().gen_range(0.5..1.0));
             match step {
-                Step::Retry(sleep) => tokio::time::sleep(sleep).await,
+                Step::Retry(sleep) => {
+                    crate::metrics::retried(&err);
+                    tokio::time::sleep(sleep).await
+                }
                 Step::Fail(e) => return Err(e),
             }
         }

@@ -76,6 +76,7 @@ impl ShardMapCache {
             }
         }
         inner.nodes = map.nodes.into_iter().map(|n| (n.id, n.address)).collect();
+        crate::metrics::map_installed(inner.version, inner.shards.len());
         let has = !inner.shards.is_empty();
         drop(inner);
         if has {
@@ -166,6 +167,7 @@ impl ShardMapCache {
                 })
                 .await;
             if let Ok(mut stream) = watch {
+                crate::metrics::map_in_sync(true);
                 loop {
                     tokio::select! {
                         m = stream.message() => match m {
@@ -176,6 +178,7 @@ impl ShardMapCache {
                         _ = stop.wait_for(|s| *s) => return,
                     }
                 }
+                crate::metrics::map_in_sync(false);
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}

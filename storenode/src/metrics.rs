@@ -118,10 +118,10 @@ mod tests {
         let f = ShardFigures { bytes: 100, keys: 10, reads_per_sec: 1.5, writes_per_sec: 2.0 };
         m.set_shard_figures(&[(1, f), (2, f)]);
         let text = m.render();
-        assert!(text.contains("ringkv_shard_approximate_bytes{node=\"7\",shard=\"2\"} 100"), "{text}");
+        assert!(text.contains("ringkv_shard_approximate_bytes{shard=\"2\",node=\"7\"} 100"), "{text}");
         m.set_shard_figures(&[(1, f)]);
         let text = m.render();
         assert!(!text.contains("shard=\"2\""), "shard 2's series are gone: {text}");
-        assert!(text.contains("ringkv_shard_writes_per_second{node=\"7\",shard=\"1\"} 2"), "{text}");
+        assert!(text.contains("ringkv_shard_writes_per_second{shard=\"1\",node=\"7\"} 2"), "{text}");
     }
 }

@@ -18,6 +18,7 @@
 mod file;
 mod ports;
 mod procs;
+mod prometheus;
 mod scale;
 
 use std::fs::File;
@@ -94,6 +95,11 @@ struct StartArgs {
     split_qps: Option<f64>,
     #[arg(long)]
     split_detections: Option<u32>,
+    /// Do not start Prometheus even if it is installed (by default the
+    /// playground runs `prometheus` from PATH with deploy/prometheus's
+    /// config and alert rules, on 127.0.0.1:9090).
+    #[arg(long)]
+    no_prometheus: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -109,11 +115,13 @@ struct Wanted {
     placement: Vec<(u16, u16)>,
     storenodes: Vec<(u16, u16)>,
     router: (u16, u16),
+    prometheus: u16,
 }
 
 impl Wanted {
     fn all(&self) -> impl Iterator<Item = u16> + '_ {
-        self.placement.iter().chain(&self.storenodes).chain([&self.router]).flat_map(|&(g, h)| [g, h])
+        let ringkv = self.placement.iter().chain(&self.storenodes).chain([&self.router]).flat_map(|&(g, h)| [g, h]);
+        ringkv.chain([self.prometheus])
     }
 }
 
@@ -124,9 +132,10 @@ fn wanted_ports(a: &StartArgs) -> anyhow::Result<Wanted> {
             placement: (0..p).map(|i| (defaults::PLACEMENT_PORT + i, defaults::PLACEMENT_HTTP_PORT + i)).collect(),
             storenodes: (0..s).map(|i| (defaults::STORENODE_PORT + i, defaults::STORENODE_HTTP_PORT + i)).collect(),
             router: (defaults::ROUTER_PORT, defaults::ROUTER_HTTP_PORT),
+            prometheus: 9090,
         },
         Some(b) => {
-            let top = b as u32 + 2 * (p as u32 + s as u32) + 2;
+            let top = b as u32 + 2 * (p as u32 + s as u32) + 3;
             if top > u16::MAX as u32 {
                 bail!("--port-base {b} leaves no room for {} ports", top - b as u32);
             }
@@ -134,6 +143,7 @@ fn wanted_ports(a: &StartArgs) -> anyhow::Result<Wanted> {
                 placement: (0..p).map(|i| (b + 2 * i, b + 2 * i + 1)).collect(),
                 storenodes: (0..s).map(|i| (b + 2 * (p + i), b + 2 * (p + i) + 1)).collect(),
                 router: (b + 2 * (p + s), b + 2 * (p + s) + 1),
+                prometheus: b + 2 * (p + s) + 2,
             }
         }
     })
@@ -146,12 +156,17 @@ fn addr(port: u16) -> String {
 /// A `ringkv` command for `info` with `args`, its output appended to
 /// `info.log`. Used for the playground's own children and for scale-out's.
 fn command(info: &ProcessInfo, args: &[String]) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("finding the ringkv binary")?;
+    program(&exe, info, args)
+}
+
+/// `exe` with `args`, its output appended to `info.log`.
+fn program(exe: &Path, info: &ProcessInfo, args: &[String]) -> anyhow::Result<Command> {
     let log = File::options()
         .create(true)
         .append(true)
         .open(&info.log)
         .with_context(|| format!("opening {}", info.log.display()))?;
-    let exe = std::env::current_exe().context("finding the ringkv binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     Ok(cmd)
@@ -203,9 +218,12 @@ fn storenode_args(info: &ProcessInfo, placement: &[String]) -> Vec<String> {
 struct Children(Vec<(ProcessInfo, Child)>);
 
 impl Children {
-    fn spawn(&mut self, mut info: ProcessInfo, args: Vec<String>) -> anyhow::Result<()> {
-        let child =
-            command(&info, &args)?.spawn().with_context(|| format!("starting {} {}", info.role.name(), info.id))?;
+    fn spawn(&mut self, info: ProcessInfo, args: Vec<String>) -> anyhow::Result<()> {
+        self.spawn_command(command(&info, &args)?, info)
+    }
+
+    fn spawn_command(&mut self, mut cmd: Command, mut info: ProcessInfo) -> anyhow::Result<()> {
+        let child = cmd.spawn().with_context(|| format!("starting {} {}", info.role.name(), info.id))?;
         info.pid = child.id();
         self.0.push((info, child));
         Ok(())
@@ -301,6 +319,11 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
             .push((pick(format!("storenode {} gRPC", i + 1), g)?, pick(format!("storenode {} HTTP", i + 1), h)?));
     }
     let router_ports = (pick("router gRPC".into(), wanted.router.0)?, pick("router HTTP".into(), wanted.router.1)?);
+    let prometheus_bin = if a.no_prometheus { None } else { prometheus::find_binary() };
+    let prometheus_port = match prometheus_bin {
+        Some(_) => Some(pick("prometheus".into(), wanted.prometheus)?),
+        None => None,
+    };
 
     let rf = a.storenodes.min(3);
     let members: Vec<String> =
@@ -370,6 +393,10 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
             placement_addrs.join(","),
         ],
     )?;
+    let prometheus_http = match (&prometheus_bin, prometheus_port) {
+        (Some(bin), Some(port)) => Some(start_prometheus(&mut children, dir, bin, port)?),
+        _ => None,
+    };
     let procs: Vec<ProcessInfo> = children.0.iter().map(|(i, _)| i.clone()).collect();
     {
         let _lock = file::lock(dir)?;
@@ -388,6 +415,11 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     println!("  placement     {}", placement_addrs.join(","));
     let storenodes: Vec<String> = storenode_ports.iter().map(|(g, _)| addr(*g)).collect();
     println!("  storenodes    {}", storenodes.join(","));
+    match &prometheus_http {
+        Some(h) => println!("  prometheus    http://{h}  (alerts: http://{h}/alerts; Grafana dashboards in deploy/grafana)"),
+        None if a.no_prometheus => {}
+        None => println!("  prometheus    not started: no `prometheus` on PATH (Debian: apt install prometheus)"),
+    }
     for p in picks.iter().filter(|p| p.fell_back()) {
         println!("  ({} is on port {}: {} was in use)", p.what, p.port, p.wanted.unwrap_or_default());
     }
@@ -437,6 +469,27 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts Prometheus scraping every process of the playground (the targets
+/// are written once playground.json is, and again whenever it changes);
+/// returns its HTTP address.
+fn start_prometheus(children: &mut Children, dir: &Path, bin: &Path, port: u16) -> anyhow::Result<String> {
+    let procs: Vec<ProcessInfo> = children.0.iter().map(|(i, _)| i.clone()).collect();
+    let config = prometheus::prepare(dir, &procs)?;
+    let info = ProcessInfo {
+        role: Role::Prometheus,
+        id: 1,
+        grpc: String::new(),
+        http: addr(port),
+        pid: 0,
+        data_dir: prometheus::dir(dir).join("data"),
+        log: dir.join("logs").join("prometheus.log"),
+    };
+    let http = info.http.clone();
+    let cmd = program(bin, &info, &prometheus::args(dir, &config, &http))?;
+    children.spawn_command(cmd, info)?;
+    Ok(http)
+}
+
 /// Polls with a real write and read through the router until both succeed.
 async fn wait_until_serving(children: &mut Children, router: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -476,6 +529,7 @@ mod tests {
             shard_max_bytes: None,
             split_qps: None,
             split_detections: None,
+            no_prometheus: false,
         }
     }
 
@@ -485,11 +539,12 @@ mod tests {
         assert_eq!(w.placement, vec![(6390, 6490), (6391, 6491), (6392, 6492)]);
         assert_eq!(w.storenodes[0], (20160, 20260));
         assert_eq!(w.router, (6380, 8080));
+        assert_eq!(w.prometheus, 9090);
         assert!(!w.all().any(|p| (2379..=2380).contains(&p)), "etcd's ports are left alone");
         let w = wanted_ports(&start_args(Some(30000))).expect("ports");
         let mut all: Vec<u16> = w.all().collect();
         all.sort_unstable();
-        assert_eq!(all, (30000..30014).collect::<Vec<_>>());
+        assert_eq!(all, (30000..30015).collect::<Vec<_>>());
         assert!(wanted_ports(&start_args(Some(65530))).is_err());
     }
 

@@ -29,6 +29,8 @@ pub enum Role {
     Storenode,
     /// The router.
     Router,
+    /// The Prometheus the playground started (not a ringkv process).
+    Prometheus,
 }
 
 impl Role {
@@ -38,6 +40,7 @@ impl Role {
             Role::Placement => "placement",
             Role::Storenode => "storenode",
             Role::Router => "router",
+            Role::Prometheus => "prometheus",
         }
     }
 }
@@ -99,7 +102,8 @@ pub fn write(dir: &Path, procs: &[ProcessInfo]) -> anyhow::Result<()> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("writing {}", p.display()))
+    result.with_context(|| format!("writing {}", p.display()))?;
+    super::prometheus::write_targets(dir, procs)
 }
 
 /// An exclusive lock on a playground's files, released when dropped.

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::file::ProcessInfo;
+use super::file::{ProcessInfo, Role};
 
 /// How often a stopping process is looked at.
 const POLL: Duration = Duration::from_millis(50);
@@ -54,6 +54,10 @@ fn cmdline(pid: u32) -> Option<Vec<String>> {
 /// Whether `args` (argv of a process) start the process `info` describes.
 fn same_process(args: &[String], info: &ProcessInfo) -> bool {
     let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str());
+    if info.role == Role::Prometheus {
+        // Its data directory is its TSDB's.
+        return args.iter().any(|a| a.strip_prefix("--storage.tsdb.path=").map(Path::new) == Some(&info.data_dir));
+    }
     if args.get(1).map(String::as_str) != Some(info.role.name()) {
         return false;
     }
