@@ -4,7 +4,9 @@
 //! playground.json records, and that stopping the playground stops too;
 //! the balancer gives it its share, and `scale-in` decommissions it (its
 //! replicas move off, it ends REMOVED) and stops it. `scale-in`'s refusals
-//! stop nothing.
+//! stop nothing. With Prometheus installed, the playground runs it with the
+//! shipped config and rules, and every dashboard query and alert rule of
+//! deploy/ evaluates against the real cluster.
 
 mod common;
 
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ringkv, run_cli};
+use common::{ringkv, run_cli, try_http};
 use serde_json::Value;
 
 /// Playgrounds are heavy for a 2-core machine: one test at a time.
@@ -69,7 +71,9 @@ fn alive(pid: u32) -> bool {
 fn is_ringkv_in(pid: u32, dir: &Path) -> bool {
     let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args = String::from_utf8_lossy(&raw);
-    alive(pid) && args.contains("ringkv") && args.contains(&*dir.to_string_lossy())
+    // The playground's Prometheus is not `ringkv` but works in `dir` too.
+    let ours = args.contains("ringkv") || args.contains("prometheus");
+    alive(pid) && ours && args.contains(&*dir.to_string_lossy())
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -352,4 +356,238 @@ fn scale_commands_without_a_playground_say_so() {
         let (ok, _, err) = run_cli(args, &[]);
         assert!(!ok && err.contains("no playground in") && err.contains("playground.json does not exist"), "{err}");
     }
+}
+
+/// The repository's root (deploy/ and docs/ live there).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Runs `cmd` with `args` from the repository root; panics with its output
+/// unless it succeeds.
+fn must_succeed(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd} {args:?} failed:\n{text}");
+    text
+}
+
+/// `s` percent-encoded for a URL's query string.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Prometheus HTTP API answer (`GET path`), as JSON; `None` until it answers.
+fn prom_get(addr: &str, path: &str) -> Option<Value> {
+    let (status, body) = try_http("GET", addr, path, b"").ok()?;
+    let v: Value = serde_json::from_slice(&body).ok()?;
+    (status == 200 || v["status"] == "error").then_some(v)
+}
+
+/// An instant query: the result vector, or the error Prometheus gave.
+fn prom_query(addr: &str, query: &str) -> Result<Vec<Value>, String> {
+    let v = prom_get(addr, &format!("/api/v1/query?query={}", url_encode(query)))
+        .ok_or_else(|| "no answer from Prometheus".to_string())?;
+    if v["status"] != "success" {
+        return Err(format!("{}: {}", v["errorType"], v["error"]));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Polls `f` every 500 ms until it is `Some` or `timeout` passes.
+fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The metric names an expression reads (`ringkv_*`, `process_*`; a
+/// histogram's `_bucket` series by their own names).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let starts = expr[i..].starts_with("ringkv_") || expr[i..].starts_with("process_");
+        let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if starts && boundary {
+            let end = expr[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(b.len(), |e| i + e);
+            out.push(expr[i..end].to_string());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Whether a query may rightly return nothing on a healthy, lightly loaded
+/// cluster: a threshold (an alert's condition, a `== 1` filter), the
+/// alerts themselves, or errors by outcome.
+fn may_be_empty(query: &str) -> bool {
+    let mut outside = String::new();
+    let mut depth = 0;
+    for c in query.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ if depth == 0 => outside.push(c),
+            _ => {}
+        }
+    }
+    ["<", ">", "==", "!="].iter().any(|op| outside.contains(op))
+        || query.contains("ALERTS")
+        || query.contains("outcome=~")
+}
+
+#[test]
+fn the_shipped_alerts_and_dashboards_evaluate_against_a_playgrounds_prometheus() {
+    if !on_path("prometheus") || !on_path("promtool") {
+        eprintln!("skipping: prometheus/promtool not installed (scripts/setup.sh installs Debian's prometheus)");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The files themselves: configs load, rules parse, the rules' unit
+    // tests pass, dashboards are well formed and name only exported metrics.
+    must_succeed("promtool", &["check", "config", "deploy/prometheus/prometheus.yml"]);
+    must_succeed("promtool", &["check", "config", "deploy/prometheus/prometheus-compose.yml"]);
+    must_succeed("promtool", &["check", "rules", "deploy/prometheus/alerts.yml"]);
+    must_succeed("promtool", &["test", "rules", "deploy/prometheus/alerts_test.yml"]);
+    must_succeed("python3", &["deploy/check_dashboards.py"]);
+    must_succeed("python3", &["deploy/grafana/gen_dashboards.py", "--check"]);
+    let listed = must_succeed("python3", &["deploy/check_dashboards.py", "--list-queries"]);
+    let queries: Vec<Value> = listed.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(queries.len() > 100, "dashboard and alert queries listed: {}", queries.len());
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let base = port_base().to_string();
+    let args: Vec<String> =
+        ["--placement", "3", "--storenodes", "3", "--shards", "4", "--port-base", &base].map(String::from).into();
+    let mut pg = Playground::start(root.path(), &args);
+    pg.wait_up();
+    let prom = pg.procs().into_iter().find(|p| p["role"] == "prometheus").expect("prometheus in playground.json");
+    let prom = prom["http"].as_str().expect("its address").to_string();
+    assert!(pg.output().contains(&format!("prometheus    http://{prom}")), "{}", pg.output());
+
+    // Every process scraped and up: 3 placement, 3 storenodes, 1 router.
+    poll(Duration::from_secs(90), "every target up", || {
+        let t = prom_get(&prom, "/api/v1/targets")?;
+        let active = t["data"]["activeTargets"].as_array()?.clone();
+        (active.len() == 7 && active.iter().all(|a| a["health"] == "up")).then_some(())
+    });
+    // Some traffic once every process is scraped, so that request series
+    // exist and grow between scrapes.
+    let router = pg.addr("router");
+    let (ok, _, err) = run_cli(
+        &["bench", "--router", &router, "--duration", "2", "--clients", "4", "--keys", "2000", "--value-size", "64"],
+        &[],
+    );
+    assert!(ok, "bench: {err}");
+
+    // Rates need two scrapes after the traffic; every rule evaluated once.
+    poll(Duration::from_secs(60), "request rates", || {
+        let r = prom_query(&prom, "sum(rate(ringkv_router_requests_total[1m])) > 0").ok()?;
+        (!r.is_empty()).then_some(())
+    });
+    let rules = poll(Duration::from_secs(60), "every alert rule evaluated", || {
+        let v = prom_get(&prom, "/api/v1/rules")?;
+        let rules: Vec<Value> = v["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let evaluated = rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
+        (!rules.is_empty() && evaluated).then_some(rules)
+    });
+    let unhealthy: Vec<String> =
+        rules.iter().filter(|r| r["health"] != "ok").map(|r| format!("{}: {}", r["name"], r["lastError"])).collect();
+    assert!(unhealthy.is_empty(), "alert rules failing to evaluate: {unhealthy:#?}");
+
+    // Every query parses and runs; one that reads only series the cluster
+    // exports and sets no threshold must return data.
+    let present: Vec<String> = prom_query(&prom, r#"count by (__name__) ({__name__=~"ringkv_.+|process_.+"})"#)
+        .expect("metric names")
+        .iter()
+        .filter_map(|s| s["metric"]["__name__"].as_str().map(String::from))
+        .collect();
+    // Every metric of the catalogue is exported, but those whose series
+    // appear with their first event (a label per cause, kind or phase).
+    let sparse = [
+        "ringkv_router_retries_total",
+        "ringkv_router_slow_requests_total",
+        "ringkv_storenode_slow_requests_total",
+        "ringkv_raft_snapshots_total",
+        "ringkv_raft_snapshot_duration_seconds",
+        "ringkv_raft_snapshots_in_progress",
+        "ringkv_placement_operators_total",
+        "ringkv_placement_leader_transfers_total",
+        "ringkv_placement_splits_total",
+        "ringkv_shard_proposals_dropped_total",
+    ];
+    let catalogue = std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let documented: Vec<&str> = catalogue
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split(['`', '{']).next())
+        .filter(|n| n.starts_with("ringkv_"))
+        .collect();
+    assert!(documented.len() > 60, "metrics in the catalogue: {documented:?}");
+    let missing: Vec<&&str> = documented
+        .iter()
+        .filter(|d| !sparse.contains(d))
+        .filter(|d| !present.iter().any(|p| p == *d || *p == format!("{d}_bucket")))
+        .collect();
+    assert!(missing.is_empty(), "documented in docs/metrics.md but not exported: {missing:?}");
+    // Rates need two scrapes of every series: poll until the queries
+    // expected to return data all do (or the deadline names those that
+    // never did).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (mut failed, mut empty, mut checked) = (Vec::new(), Vec::new(), 0);
+        for q in &queries {
+            let (query, panel) = (q["query"].as_str().unwrap_or_default(), q["panel"].as_str().unwrap_or_default());
+            let exported = metric_names(query).iter().all(|m| {
+                let base = m.strip_suffix("_bucket").unwrap_or(m);
+                present.iter().any(|p| p == m || p.starts_with(base))
+            });
+            let expected = exported && !may_be_empty(query);
+            match prom_query(&prom, query) {
+                Err(e) => failed.push(format!("{panel}: {query}: {e}")),
+                Ok(r) if r.is_empty() && expected => empty.push(format!("{panel}: {query}")),
+                Ok(_) => {}
+            }
+            checked += usize::from(expected);
+        }
+        assert!(failed.is_empty(), "queries Prometheus refuses: {failed:#?}");
+        assert!(checked > 80, "only {checked} queries were expected to return data");
+        if empty.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queries with no series where the cluster exports them: {empty:#?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // A healthy cluster raises nothing critical (the disk alerts speak of
+    // the machine the test runs on, which may well be short of space).
+    let firing = prom_query(&prom, r#"ALERTS{severity="critical", alertname!~"RingkvDiskFree.*"}"#).expect("ALERTS");
+    assert!(firing.is_empty(), "critical alerts on a healthy playground: {firing:#?}");
+    pg.stop();
 }

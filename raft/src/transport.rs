@@ -181,19 +181,21 @@ impl<S: StateMachine> Transport for GrpcTransport<S> {
         let group_id = msg.group_id;
         self.rt.spawn(async move {
             let ok = match limits.sends.clone().acquire_owned().await {
-                Ok(_permit) => match {
-                    let _timer = metrics.snapshot_phase("send");
-                    send_snapshot_file(&book, node_id, msg, &path, &limits.send_rate).await
-                } {
-                    Ok(bytes) => {
-                        metrics.snapshot_bytes_sent.inc_by(bytes);
-                        true
+                Ok(_permit) => {
+                    let timer = metrics.snapshot_phase("send");
+                    let sent = send_snapshot_file(&book, node_id, msg, &path, &limits.send_rate).await;
+                    drop(timer);
+                    match sent {
+                        Ok(bytes) => {
+                            metrics.snapshot_bytes_sent.inc_by(bytes);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(group_id, node_id, "sending snapshot: {e}");
+                            false
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(group_id, node_id, "sending snapshot: {e}");
-                        false
-                    }
-                },
+                }
                 Err(_) => false,
             };
             report(&lh, LoopRequest::SnapshotSent { group_id, to: to_replica, ok });

@@ -32,7 +32,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let r = &registry;
     register_process_metrics(r);
     Metrics {
-        requests: counter_vec(r, "ringkv_router_requests_total", "API calls by operation and outcome", &["op", "outcome"]),
+        requests: counter_vec(
+            r,
+            "ringkv_router_requests_total",
+            "API calls by operation and outcome",
+            &["op", "outcome"],
+        ),
         duration: histogram_vec(
             r,
             "ringkv_router_request_duration_seconds",

@@ -51,9 +51,8 @@ impl Metrics {
         let raft = Arc::new(RaftMetrics::new(node_id));
         let r = &raft.registry;
         let shard = &["shard"];
-        let rate = |name: &str, help: &str| {
-            register(r, GaugeVec::new(Opts::new(name, help), shard).expect("valid metric"))
-        };
+        let rate =
+            |name: &str, help: &str| register(r, GaugeVec::new(Opts::new(name, help), shard).expect("valid metric"));
         Metrics {
             requests: counter_vec(
                 r,
@@ -68,8 +67,18 @@ impl Metrics {
                 &["method"],
                 prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
             ),
-            shard_bytes: gauge_vec(r, "ringkv_shard_approximate_bytes", "Leader only: on-disk bytes of the shard", shard),
-            shard_keys: gauge_vec(r, "ringkv_shard_approximate_keys", "Leader only: estimated keys of the shard", shard),
+            shard_bytes: gauge_vec(
+                r,
+                "ringkv_shard_approximate_bytes",
+                "Leader only: on-disk bytes of the shard",
+                shard,
+            ),
+            shard_keys: gauge_vec(
+                r,
+                "ringkv_shard_approximate_keys",
+                "Leader only: estimated keys of the shard",
+                shard,
+            ),
             shard_reads: rate("ringkv_shard_reads_per_second", "Leader only: reads served per second"),
             shard_writes: rate("ringkv_shard_writes_per_second", "Leader only: writes per second"),
             load_exported: Mutex::new(HashSet::new()),

@@ -158,7 +158,9 @@ mod tests {
     use super::*;
 
     fn layout(files: &[(u64, u64, u64)]) -> DataLayout {
-        DataLayout { files: files.iter().map(|&(lo, hi, bytes)| FileSpan { lo, hi, bytes, keys: bytes / 10 }).collect() }
+        DataLayout {
+            files: files.iter().map(|&(lo, hi, bytes)| FileSpan { lo, hi, bytes, keys: bytes / 10 }).collect(),
+        }
     }
 
     fn shard(layout: &DataLayout, start: u64, end: u64, memtable: Vec<(u64, u64)>) -> ShardData<'_> {

@@ -416,7 +416,9 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     let storenodes: Vec<String> = storenode_ports.iter().map(|(g, _)| addr(*g)).collect();
     println!("  storenodes    {}", storenodes.join(","));
     match &prometheus_http {
-        Some(h) => println!("  prometheus    http://{h}  (alerts: http://{h}/alerts; Grafana dashboards in deploy/grafana)"),
+        Some(h) => {
+            println!("  prometheus    http://{h}  (alerts: http://{h}/alerts; Grafana dashboards in deploy/grafana)")
+        }
         None if a.no_prometheus => {}
         None => println!("  prometheus    not started: no `prometheus` on PATH (Debian: apt install prometheus)"),
     }

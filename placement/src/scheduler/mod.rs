@@ -202,7 +202,9 @@ pub fn plan(svc: &PlacementService, st: &ClusterState, cooldown: &BTreeMap<u64, 
     let plan = checkers::plan(&view, now_ms());
     let m = &svc.metrics;
     let balance = checkers::measure(&view);
-    m.balanced.with_label_values(&[]).set(i64::from(balance.balanced && st.operators.is_empty() && plan.blocked.is_empty()));
+    m.balanced
+        .with_label_values(&[])
+        .set(i64::from(balance.balanced && st.operators.is_empty() && plan.blocked.is_empty()));
     m.blocked.with_label_values(&[]).set(plan.blocked.len() as i64);
     set_cluster_metrics(svc, st, &view.nodes);
     for kind in ["move", "add", "remove"] {
