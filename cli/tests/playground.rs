@@ -277,6 +277,12 @@ fn scale_out_adds_a_storenode_that_stopping_the_playground_stops_too() {
     let pid = u32::try_from(added["pid"].as_u64().expect("pid")).expect("a pid");
     assert!(alive(pid), "the added storenode outlives the scale-out command");
     assert!(added["log"].as_str().is_some_and(|l| l.ends_with("logs/storenode-4.log")), "{added}");
+    // The playground's Prometheus (where installed) scrapes it from now on.
+    let targets = pg.dir.join("prometheus/targets/storenode.json");
+    if on_path("prometheus") {
+        let sd = std::fs::read_to_string(&targets).expect("the storenodes' file_sd targets");
+        assert!(sd.contains(added["http"].as_str().expect("http")), "{sd}");
+    }
 
     let (ok, nodes, err) = run_cli(&["node", "list", "-o", "json"], &env);
     assert!(ok, "{err}");
