@@ -7,6 +7,7 @@
 #     alert rules and dashboard queries through a real Prometheus, and the
 #     playground starts one when it is installed
 #   - chromium (headless): the web console's browser test
+#   - python3-yaml: deploy/check_deploy.py reads the compose and k8s files
 # protoc comes from the protoc-bin-vendored crate; nothing else is needed.
 set -euo pipefail
 
@@ -26,6 +27,7 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
