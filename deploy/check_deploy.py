@@ -22,9 +22,9 @@ PyYAML (Debian: python3-yaml).
 Kubernetes `$(VAR)` is replaced by the value the kubelet would give it, a pod
 IP by 10.244.0.10; a `sh -c` script is expanded for each StatefulSet
 ordinal). `files` are the config files the command reads, with their text.
-`needs` lists what the command line relies on that the binary does not
-accept yet: "host-names" when a placement address is a host name rather
-than IP:PORT (see deploy/k8s/README.md). --check-binary runs each command
+`needs` lists what the command line relies on beyond IP addresses:
+"host-names" when a placement address is a DNS name (resolved at every
+connection; see deploy/k8s/README.md). --check-binary runs each command
 as `BIN ARGS... --help` with its env: clap parses every flag and value
 before it reaches `--help`, so a misspelt flag or a malformed address
 fails, and nothing is started.

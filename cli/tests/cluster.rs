@@ -290,7 +290,7 @@ async fn bad_input_through_every_door_is_refused_and_nothing_written() {
     let (ok, _, err) = run_cli(&["get", "k", "--router", "127.0.0.1:1", "--timeout-ms", "500"], &[]);
     assert!(!ok && err.contains("unavailable"), "{err}");
     let (ok, _, err) = run_cli(&["get", "k", "--router", "not-an-address"], &[]);
-    assert!(!ok && err.contains("expected IP:PORT"), "{err}");
+    assert!(!ok && err.contains("expected HOST:PORT"), "{err}");
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
 
     // HTTP.

@@ -54,7 +54,41 @@ pub async fn connect_endpoint(ep: Endpoint) -> Result<Channel, tonic::transport:
     ep.connect_with_connector(connector).await
 }
 
+/// Checks that `addr` is HOST:PORT, where HOST is an IP address (IPv6 in
+/// brackets) or a DNS name (a Kubernetes Service, a VM's host name): names
+/// are resolved at every connection, so a peer that moves keeps its name.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("expected HOST:PORT".into());
+    };
+    port.parse::<u16>().map_err(|_| format!("bad port {port:?}"))?;
+    let label_ok =
+        |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if host.is_empty() || host.len() > 253 || !host.trim_end_matches('.').split('.').all(label_ok) {
+        return Err(format!("bad host {host:?} (an IP address or a DNS name)"));
+    }
+    Ok(())
+}
+
 /// Connects to the peer at `addr`.
 pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
     connect_endpoint(endpoint(addr)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_accepts_ips_and_dns_names_and_refuses_the_rest() {
+        for ok in ["127.0.0.1:6390", "[::1]:6390", "placement-0.placement.ringkv.svc:6390", "vm1:1"] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        for bad in ["placement", "host:", ":6390", "host:99999", "a b:1", "under_score:1", "http://x:1"] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -25,7 +25,7 @@ pub struct Conn {
 impl Conn {
     async fn client(&self) -> anyhow::Result<Client> {
         for r in &self.router {
-            r.parse::<std::net::SocketAddr>().map_err(|_| anyhow::anyhow!("--router {r:?}: expected IP:PORT"))?;
+            ringkv_common::net::check_host_port(r).map_err(|e| anyhow::anyhow!("--router {r:?}: {e}"))?;
         }
         anyhow::ensure!(self.timeout_ms > 0, "--timeout-ms must be positive");
         Ok(Client::connect(&self.router).await?.with_timeout(Duration::from_millis(self.timeout_ms)))

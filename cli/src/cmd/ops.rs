@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use ringkv_common::placement_client::PlacementClient;
 use ringkv_placement::operator::{kind_name, step_name};
 use ringkv_proto::placement::{
@@ -30,7 +29,7 @@ pub struct PlacementConn {
 impl PlacementConn {
     pub fn client(&self) -> anyhow::Result<PlacementClient> {
         for p in &self.placement {
-            p.parse::<std::net::SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
+            ringkv_common::net::check_host_port(p).map_err(|e| anyhow::anyhow!("--placement {p:?}: {e}"))?;
         }
         Ok(PlacementClient::new(self.placement.clone()))
     }

@@ -108,7 +108,7 @@ impl Args {
 pub fn parse_id_addr(flag: &str, s: &str) -> anyhow::Result<(u64, String)> {
     let Some((id, addr)) = s.split_once('=') else { bail!("{flag} {s:?}: expected ID=ADDRESS") };
     let id: u64 = id.parse().with_context(|| format!("{flag} {s:?}: bad id"))?;
-    addr.parse::<SocketAddr>().with_context(|| format!("{flag} {s:?}: bad address (want IP:PORT)"))?;
+    ringkv_common::net::check_host_port(addr).map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e}"))?;
     Ok((id, addr.to_string()))
 }
 

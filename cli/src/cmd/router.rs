@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use ringkv_common::limits::Limits;
 use ringkv_router::{RouterConfig, RouterServer};
 
@@ -48,7 +47,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         vec![super::defaults::PLACEMENT_ADDR.to_string()]
     };
     for p in &placement {
-        p.parse::<SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
+        ringkv_common::net::check_host_port(p).map_err(|e| anyhow::anyhow!("--placement {p:?}: {e}"))?;
     }
     let timeout_ms = a.timeout_ms.or(f.timeout_ms).unwrap_or(5000);
     anyhow::ensure!(timeout_ms > 0, "--timeout-ms must be positive");

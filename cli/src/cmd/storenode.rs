@@ -73,7 +73,7 @@ pub fn config(a: &Args) -> anyhow::Result<StorenodeConfig> {
         cfg.peers.push(parse_peer(p)?);
     }
     for p in &a.placement {
-        p.parse::<SocketAddr>().with_context(|| format!("--placement {p:?}: expected IP:PORT"))?;
+        ringkv_common::net::check_host_port(p).map_err(|e| anyhow::anyhow!("--placement {p:?}: {e}"))?;
         cfg.placement.push(p.clone());
     }
     if let Some(z) = &a.zone {
