@@ -27,7 +27,12 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
+# PyYAML for whichever python3 is first on PATH (a pyenv one does not see
+# Debian's python3-yaml): pip first, Debian's package otherwise.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    echo "setup: installing PyYAML for $(command -v python3)" >&2
+    python3 -m pip install --quiet pyyaml >/dev/null 2>&1 || need+=(python3-yaml)
+fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
