@@ -24,9 +24,7 @@ fn every_command_line_in_deploy_is_accepted_and_the_files_agree() {
         .expect("run deploy/check_deploy.py");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
-    let n: usize = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ok: ")?.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let n: usize =
+        text.lines().find_map(|l| l.strip_prefix("ok: ")?.split_whitespace().next()?.parse().ok()).unwrap_or(0);
     assert!(n >= 9, "command lines checked: {text}");
 }

@@ -65,8 +65,7 @@ pub fn check_host_port(addr: &str) -> Result<(), String> {
         return Err("expected HOST:PORT".into());
     };
     port.parse::<u16>().map_err(|_| format!("bad port {port:?}"))?;
-    let label_ok =
-        |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     if host.is_empty() || host.len() > 253 || !host.trim_end_matches('.').split('.').all(label_ok) {
         return Err(format!("bad host {host:?} (an IP address or a DNS name)"));
     }

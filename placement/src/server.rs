@@ -114,8 +114,7 @@ impl PlacementServer {
         serving.grpc(listener, routes)?;
         let stopped = serving.stopped();
         serving.spawn(crate::scheduler::run(svc, stopped));
-        let running = raft.running_flag();
-        let ready = move || running.load(std::sync::atomic::Ordering::SeqCst);
+        let ready = raft.ready_fn();
         let http_addr = serving.http(cfg.http_addr, move || metrics.render(), ready, HttpRouter::new()).await?;
         tracing::info!(member = id, %grpc_addr, ?http_addr, "placement started");
         Ok(PlacementHandle { member_id: id, grpc_addr, http_addr, shared, raft: Some(raft), serving: Some(serving) })
@@ -125,6 +124,14 @@ impl PlacementServer {
 impl PlacementHandle {
     /// Stops serving (and the scheduler), then stops the Raft loop and waits for it.
     pub async fn shutdown(mut self) {
+        // Leaderships first, while the Raft streams still carry the
+        // transfer: callers then retry at the new leaders at once.
+        if let Some(raft) = &self.raft {
+            let kept = raft.hand_off_leaders(ringkv_raft::HAND_OFF_TIMEOUT).await;
+            if kept > 0 {
+                tracing::warn!(kept, "stopping while still leading (no follower caught up in time)");
+            }
+        }
         if let Some(serving) = self.serving.take() {
             serving.stop().await;
         }

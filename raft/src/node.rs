@@ -28,6 +28,10 @@ use crate::transport::{AddressBook, GrpcTransport, RaftService, SnapshotLimits};
 /// of many groups, each up to `max_size_per_msg`.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 256 << 20;
 
+/// How long a planned stop waits for the node's leaderships to move
+/// (an election timeout is a second; a follower far behind needs longer).
+pub const HAND_OFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The engine of one process, running.
 pub struct RaftNode<S: StateMachine> {
     /// This node's id.
@@ -43,6 +47,8 @@ pub struct RaftNode<S: StateMachine> {
     snap_dir: PathBuf,
     limits: Arc<SnapshotLimits>,
     running: Arc<AtomicBool>,
+    /// Set when a planned stop begins (see [`RaftNode::hand_off_leaders`]).
+    stopping: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -100,6 +106,7 @@ impl<S: StateMachine> RaftNode<S> {
             snap_dir,
             limits,
             running,
+            stopping: Arc::new(AtomicBool::new(false)),
             thread: Some(thread),
         })
     }
@@ -114,6 +121,14 @@ impl<S: StateMachine> RaftNode<S> {
         self.running.clone()
     }
 
+    /// What /readyz answers: the loop runs and no planned stop has begun
+    /// (a load balancer stops sending new requests while leaderships are
+    /// handed off).
+    pub fn ready_fn(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
+        let (running, stopping) = (self.running.clone(), self.stopping.clone());
+        move || running.load(Ordering::SeqCst) && !stopping.load(Ordering::SeqCst)
+    }
+
     /// The inbound side of the transport, to add to the process's gRPC server.
     pub fn raft_service(&self) -> Result<RaftTransportServer<RaftService<S>>, Error> {
         let snap_dir = SnapshotDir::new(self.snap_dir.clone())?;
@@ -125,6 +140,50 @@ impl<S: StateMachine> RaftNode<S> {
             self.metrics.clone(),
         );
         Ok(RaftTransportServer::new(svc).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+    }
+
+    /// Before a planned stop: hands every leadership this node holds to
+    /// the most caught-up voter of its group, and waits until it leads
+    /// nothing or `timeout` passes; returns the leaderships still held.
+    /// Callers of a shard answered "not leader" retry at the new leader at
+    /// once, instead of waiting out an election timeout after the stop.
+    /// The node keeps serving meanwhile (the transfer travels on its Raft
+    /// streams); a group whose followers are all behind keeps its leader
+    /// until they catch up or the time is up.
+    pub async fn hand_off_leaders(&self, timeout: std::time::Duration) -> usize {
+        use crate::raft_loop::LoopRequest;
+        use crate::state_machine::Group;
+        use crate::MemberRole;
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.loop_handle.status(Vec::new()).await.unwrap_or_default();
+            let led: Vec<_> = status.iter().filter(|s| s.is_leader).collect();
+            if led.is_empty() || tokio::time::Instant::now() >= deadline {
+                return led.len();
+            }
+            let mut asked_any = false;
+            for s in led {
+                let target = s
+                    .group
+                    .members()
+                    .into_iter()
+                    .filter(|m| m.replica_id != s.replica_id && m.role == MemberRole::Voter as i32)
+                    .max_by_key(|m| s.progress.get(&m.replica_id).copied().unwrap_or(0));
+                let Some(target) = target else { continue };
+                asked_any = true;
+                let (group_id, to_replica_id) = (s.group_id, target.replica_id);
+                let asked = self.loop_handle.call(|cb| LoopRequest::TransferLeader { group_id, to_replica_id, cb });
+                if let Err(e) = asked.await {
+                    tracing::debug!(group = group_id, "leader hand-off: {e}");
+                }
+            }
+            if !asked_any {
+                // Groups of one voter: nobody to hand to.
+                return status.iter().filter(|s| s.is_leader).count();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops the loop (pending requests get an answer or "outcome unknown")

@@ -111,8 +111,7 @@ impl Storenode {
             .add_service(raft.raft_service().map_err(open_err)?);
         serving.grpc(listener, routes)?;
         let m = metrics.clone();
-        let running = raft.running_flag();
-        let ready = move || running.load(std::sync::atomic::Ordering::SeqCst);
+        let ready = raft.ready_fn();
         let http_addr = serving.http(cfg.http_addr, move || m.render(), ready, HttpRouter::new()).await?;
         if let Some(client) = placement {
             register.http_address = http_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -158,6 +157,14 @@ impl StorenodeHandle {
     /// Stops serving, then stops the Raft loop and waits for it. Requests in
     /// flight get their answer or "outcome unknown".
     pub async fn shutdown(mut self) {
+        // Leaderships first, while the Raft streams still carry the
+        // transfer: callers then retry at the new leaders at once.
+        if let Some(raft) = &self.raft {
+            let kept = raft.hand_off_leaders(ringkv_raft::HAND_OFF_TIMEOUT).await;
+            if kept > 0 {
+                tracing::warn!(kept, "stopping while still leading (no follower caught up in time)");
+            }
+        }
         if let Some(serving) = self.serving.take() {
             serving.stop().await;
         }

@@ -96,6 +96,29 @@ impl Procs {
         }
     }
 
+    /// SIGTERM (a planned stop: systemd, Kubernetes, Ctrl-C) and waits up to
+    /// `timeout` for the process to exit; panics if it does not.
+    pub fn terminate(&mut self, name: &str, timeout: Duration) -> std::process::ExitStatus {
+        let p = self.procs.get_mut(name).expect("a known process");
+        let mut c = p.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{name} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn is_running(&mut self, name: &str) -> bool {
         let p = self.procs.get_mut(name).expect("a known process");
         p.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
