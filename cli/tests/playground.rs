@@ -597,3 +597,71 @@ fn the_shipped_alerts_and_dashboards_evaluate_against_a_playgrounds_prometheus()
     assert!(firing.is_empty(), "critical alerts on a healthy playground: {firing:#?}");
     pg.stop();
 }
+
+/// The shell blocks of docs/ marked ```` ```sh playground ````, in file order.
+fn playground_blocks() -> Vec<(String, String)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("docs"))
+        .expect("docs/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    files.push(repo_root().join("README.md"));
+    files.sort();
+    let mut blocks = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read a doc");
+        let mut block: Option<String> = None;
+        for line in text.lines() {
+            match (&mut block, line.trim_start()) {
+                (None, l) if l.starts_with("```sh playground") => block = Some(String::new()),
+                (Some(b), l) if l.starts_with("```") => {
+                    let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    blocks.push((name, std::mem::take(b)));
+                    block = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_docs_commands_marked_for_a_playground_run_against_one() {
+    let blocks = playground_blocks();
+    assert!(blocks.len() >= 5, "marked blocks: {}", blocks.len());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let root = tempfile::tempdir().expect("tempdir");
+    let base = port_base().to_string();
+    let args: Vec<String> =
+        ["--placement", "3", "--storenodes", "3", "--shards", "4", "--port-base", &base, "--no-prometheus"]
+            .map(String::from)
+            .into();
+    let mut pg = Playground::start(root.path(), &args);
+    pg.wait_up();
+    let router = pg.find("router", 1).expect("the router");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_ringkv")).parent().expect("the binary's directory").to_path_buf();
+    let path = std::env::join_paths(
+        std::iter::once(bin_dir).chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths)),
+    )
+    .expect("PATH");
+    for (file, block) in &blocks {
+        let out = std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", block])
+            .env("PATH", &path)
+            .env("RINGKV_ROUTER", router["grpc"].as_str().expect("grpc"))
+            .env("RINGKV_HTTP", router["http"].as_str().expect("http"))
+            .env("RINGKV_PLACEMENT", pg.addr("placement"))
+            .env("RINGKV_PLAYGROUND_DIR", &pg.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "a block of docs/{file} fails:\n{block}\n--- output ---\n{text}");
+    }
+    pg.stop();
+}
