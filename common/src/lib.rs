@@ -8,6 +8,7 @@
 //! - [`server`]: binding listeners and running a process's servers and tasks.
 //! - [`wire_error`]: the typed errors a storenode answers, read from a gRPC status.
 //! - [`hashing`]: where a key sits on the ring (hash tags, ranges, prefixes).
+//! - [`trace`]: request ids, `traceparent`, and the storenode's timing header.
 
 // tonic's `Status` is large, and gRPC calls return it by value: boxing it
 // everywhere would only add noise.
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod net;
 pub mod placement_client;
 pub mod server;
+pub mod trace;
 pub mod wire_error;
 
 pub use limits::Limits;

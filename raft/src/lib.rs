@@ -68,7 +68,7 @@ pub use config::RaftConfig;
 pub use engine::{Cf, Engine};
 pub use error::{Error, Result};
 pub use metrics::RaftMetrics;
-pub use raft_loop::{LoopHandle, LoopRequest, ReadMode, ANSWER_GRACE};
+pub use raft_loop::{LoopHandle, LoopRequest, ReadMode, Timed, Timings, ANSWER_GRACE};
 pub use ringkv_proto::engine::{Member, MemberRole};
 pub use state_machine::{ApplyContext, Group, Split, StateMachine, StateRange};
 

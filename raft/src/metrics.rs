@@ -56,6 +56,15 @@ pub struct RaftMetrics {
     pub shard_commit_index: IntGaugeVec,
     /// Applied index.
     pub shard_applied_index: IntGaugeVec,
+    // Request tracing (issue 12): per-step latencies of proposals and reads.
+    /// Leader: proposal accepted by the loop → its entry seen committed.
+    pub propose_commit_duration: Histogram,
+    /// Every replica: entries seen committed → applied (one sample per
+    /// replica and pass that applied entries).
+    pub commit_apply_duration: Histogram,
+    /// Linearizable read: taken from the inbox → safe to serve (read index
+    /// confirmed and applied).
+    pub read_index_duration: Histogram,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -149,6 +158,25 @@ impl RaftMetrics {
             shard_term: group_gauge(r, "ringkv_shard_term", "Raft term"),
             shard_commit_index: group_gauge(r, "ringkv_shard_commit_index", "Raft commit index"),
             shard_applied_index: group_gauge(r, "ringkv_shard_applied_index", "Applied index"),
+            // Request tracing (issue 12).
+            propose_commit_duration: histogram(
+                r,
+                "ringkv_raft_propose_commit_duration_seconds",
+                "Leader: proposal accepted to entry committed",
+                latency_buckets(),
+            ),
+            commit_apply_duration: histogram(
+                r,
+                "ringkv_raft_commit_apply_duration_seconds",
+                "Entries committed to applied (written and answered)",
+                latency_buckets(),
+            ),
+            read_index_duration: histogram(
+                r,
+                "ringkv_raft_read_index_duration_seconds",
+                "Linearizable read: asked to ready to serve",
+                latency_buckets(),
+            ),
             registry,
         }
     }
@@ -172,4 +200,10 @@ impl RaftMetrics {
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// 100 µs to ~3.3 s, doubling: a proposal on one fast disk up to one stuck
+/// behind an election.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
 }

@@ -11,6 +11,8 @@ struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    // Request tracing (issue 12).
+    slow_requests: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -28,7 +30,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("valid metric");
     registry.register(Box::new(requests.clone())).expect("register");
     registry.register(Box::new(duration.clone())).expect("register");
-    Metrics { registry, requests, duration }
+    // Request tracing (issue 12).
+    let slow_requests = IntCounterVec::new(
+        Opts::new("ringkv_router_slow_requests_total", "API calls slower than --slow-request-ms (each logged once)"),
+        &["op"],
+    )
+    .expect("valid metric");
+    registry.register(Box::new(slow_requests.clone())).expect("register");
+    Metrics { registry, requests, duration, slow_requests }
 });
 
 /// Records one call of `op` that started at `start`.
@@ -45,6 +54,11 @@ pub fn observe<T>(op: &str, start: Instant, r: &Result<T, ApiError>) {
     };
     METRICS.requests.with_label_values(&[op, outcome]).inc();
     METRICS.duration.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
+}
+
+/// Counts a call of `op` logged as slow.
+pub fn count_slow(op: &str) {
+    METRICS.slow_requests.with_label_values(&[op]).inc();
 }
 
 /// The router's metrics in the Prometheus text format.

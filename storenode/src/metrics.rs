@@ -16,6 +16,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// ShardKv request latency by method.
     pub request_duration: HistogramVec,
+    // Request tracing (issue 12).
+    /// ShardKv requests slower than `--slow-request-ms`, by method (each logged once).
+    pub slow_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -36,7 +39,17 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(request_duration.clone())).expect("unique metric");
-        Metrics { raft, requests, request_duration }
+        // Request tracing (issue 12).
+        let slow_requests = IntCounterVec::new(
+            Opts::new(
+                "ringkv_storenode_slow_requests_total",
+                "ShardKv requests slower than --slow-request-ms, by method (each logged once)",
+            ),
+            &["method"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(slow_requests.clone())).expect("unique metric");
+        Metrics { raft, requests, request_duration, slow_requests }
     }
 
     /// The registry in Prometheus text format.
