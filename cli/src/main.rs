@@ -23,7 +23,13 @@ async fn main() {
     // Servers log their life; client commands only what goes wrong.
     let default = if cli.command.is_server() { "info,raft=warn" } else { "warn" };
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.command.log_format() {
+        cmd::LogFormat::Text => log.init(),
+        // Event fields (request_id, hops, ...) at the top level of each
+        // line, the spans they ran in under `span` / `spans`.
+        cmd::LogFormat::Json => log.json().flatten_event(true).init(),
+    }
     if let Err(e) = cmd::run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);

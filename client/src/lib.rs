@@ -14,6 +14,11 @@
 //! through another router, so a write is applied at most once. When the
 //! outcome of a write cannot be known (the deadline passed after it left), the
 //! error is [`Error::Ambiguous`]: the write may or may not have happened.
+//!
+//! Every call is known in the routers' and storenodes' logs by a request id.
+//! [`Client::put_traced`] and [`Client::get_traced`] choose it (or let the
+//! router do so) and return the id the router used, for finding the call in
+//! the logs (the slow-request log in particular).
 
 #![warn(missing_docs)]
 
@@ -34,6 +39,16 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 const REQUEST_ID_HEADER: &str = "ringkv-request-id";
+
+/// An answer and the request id the router knew the call by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traced<T> {
+    /// The answer.
+    pub value: T,
+    /// The id in the router's answer (`ringkv-request-id`); empty if the
+    /// router sent none.
+    pub request_id: String,
+}
 
 /// Why a call failed, and so whether its write may have happened.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -155,12 +170,28 @@ impl Client {
         F: Fn(KvClient<Channel>, Option<MetadataValue<tonic::metadata::Ascii>>, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let deadline = Instant::now() + self.timeout;
         let id = write.then(|| {
             let bytes: [u8; 16] = rand::random();
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             MetadataValue::try_from(hex).expect("hex is valid metadata")
         });
+        self.call_with_id(id, write, f).await.map(|t| t.value)
+    }
+
+    /// [`Client::call`] under the given request id (kept across retries and
+    /// routers; for a write it is also the de-dup id), returning the id the
+    /// router answered with.
+    async fn call_with_id<T, F, Fut>(
+        &self,
+        id: Option<MetadataValue<tonic::metadata::Ascii>>,
+        write: bool,
+        f: F,
+    ) -> Result<Traced<T>>
+    where
+        F: Fn(KvClient<Channel>, Option<MetadataValue<tonic::metadata::Ascii>>, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(20);
         let mut attempts = Attempts::new(write);
         loop {
@@ -169,7 +200,15 @@ impl Client {
                 Ok((i, ch)) => {
                     let res = tokio::time::timeout(left, f(KvClient::new(ch), id.clone(), left)).await;
                     match res {
-                        Ok(Ok(r)) => return Ok(r.into_inner()),
+                        Ok(Ok(r)) => {
+                            let request_id = r
+                                .metadata()
+                                .get(REQUEST_ID_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            return Ok(Traced { value: r.into_inner(), request_id });
+                        }
                         Ok(Err(s)) => (s, i, true),
                         Err(_) => (Status::deadline_exceeded("client timeout"), i, true),
                     }
@@ -212,6 +251,56 @@ impl Client {
             })
             .await?;
         Ok(r.found.then_some(r.value))
+    }
+
+    /// Reads `key` like [`Client::get_with`], under `request_id` when given
+    /// (up to 64 visible ASCII characters; the router picks one otherwise),
+    /// and returns the id the router used.
+    pub async fn get_traced(
+        &self,
+        key: &[u8],
+        consistency: ReadConsistency,
+        request_id: Option<&str>,
+    ) -> Result<Traced<Option<Vec<u8>>>> {
+        let id = Self::chosen_id(request_id)?;
+        let r = self
+            .call_with_id(id, false, |mut c, id, t| {
+                let req = GetRequest { key: key.to_vec(), consistency: consistency as i32 };
+                async move { c.get(Self::request(req, id, t)).await }
+            })
+            .await?;
+        Ok(Traced { value: r.value.found.then_some(r.value.value), request_id: r.request_id })
+    }
+
+    /// Writes like [`Client::put`] under `request_id` when given (also its
+    /// de-dup id: reuse it only to retry this very write), and returns the
+    /// id the router used.
+    pub async fn put_traced(&self, key: &[u8], value: &[u8], request_id: Option<&str>) -> Result<Traced<()>> {
+        let id = match Self::chosen_id(request_id)? {
+            Some(id) => id,
+            None => {
+                let hex: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+                MetadataValue::try_from(hex).expect("hex is valid metadata")
+            }
+        };
+        let r = self
+            .call_with_id(Some(id), true, |mut c, id, t| {
+                let req = PutRequest { key: key.to_vec(), value: value.to_vec() };
+                async move { c.put(Self::request(req, id, t)).await }
+            })
+            .await?;
+        Ok(Traced { value: (), request_id: r.request_id })
+    }
+
+    /// A caller's request id as metadata; refused unless it is 1 to 64
+    /// visible ASCII characters (what the router takes as an id).
+    fn chosen_id(id: Option<&str>) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>> {
+        let Some(id) = id else { return Ok(None) };
+        let usable = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic());
+        let value = usable.then(|| MetadataValue::try_from(id).ok()).flatten();
+        value
+            .map(Some)
+            .ok_or_else(|| Error::InvalidArgument(format!("request id {id:?}: 1 to 64 visible ASCII characters")))
     }
 
     /// Writes `value` under `key`.

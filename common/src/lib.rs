@@ -10,6 +10,7 @@
 //! - [`hashing`]: where a key sits on the ring (hash tags, ranges, prefixes).
 //! - [`metrics`]: registering and rendering Prometheus metrics, and the
 //!   series every process exports (process collector, build info).
+//! - [`trace`]: request ids, `traceparent`, and the storenode's timing header.
 
 // tonic's `Status` is large, and gRPC calls return it by value: boxing it
 // everywhere would only add noise.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod net;
 pub mod placement_client;
 pub mod server;
+pub mod trace;
 pub mod wire_error;
 
 pub use limits::Limits;

@@ -116,7 +116,7 @@ impl PlacementService {
         let res = tokio::time::timeout(self.settings.request_timeout + ringkv_raft::ANSWER_GRACE, call)
             .await
             .map_err(|_| Status::deadline_exceeded("placement: no answer in time (outcome unknown)"))?;
-        res.map_err(to_status)?.map_err(command_status)
+        res.map_err(to_status)?.value.map_err(command_status)
     }
 
     /// Ok when this member leads the placement group right now; otherwise the

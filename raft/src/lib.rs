@@ -69,7 +69,7 @@ pub use engine::{Cf, Engine};
 pub use error::{Error, Result};
 pub use metrics::RaftMetrics;
 pub use node::HAND_OFF_TIMEOUT;
-pub use raft_loop::{LoopHandle, LoopRequest, ReadMode, ANSWER_GRACE};
+pub use raft_loop::{LoopHandle, LoopRequest, ReadMode, Timed, Timings, ANSWER_GRACE};
 pub use ringkv_proto::engine::{Member, MemberRole};
 pub use state_machine::{ApplyContext, Group, Split, StateMachine, StateRange};
 

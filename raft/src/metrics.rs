@@ -118,6 +118,14 @@ pub struct RaftMetrics {
     pub disk_total_bytes: IntGauge,
     /// Bytes of it available to this process.
     pub disk_free_bytes: IntGauge,
+    /// Leader: proposal accepted by the loop → its entry seen committed.
+    pub propose_commit_duration: Histogram,
+    /// Every replica: entries seen committed → applied (one sample per
+    /// replica and pass that applied entries).
+    pub commit_apply_duration: Histogram,
+    /// Linearizable read: taken from the inbox → safe to serve (read index
+    /// confirmed and applied).
+    pub read_index_duration: Histogram,
 }
 
 impl RaftMetrics {
@@ -262,6 +270,24 @@ impl RaftMetrics {
             rocksdb_block_cache_usage: gauge(r, "ringkv_rocksdb_block_cache_usage_bytes", "Bytes in the block cache"),
             disk_total_bytes: gauge(r, "ringkv_disk_total_bytes", "Size of the data directory's filesystem"),
             disk_free_bytes: gauge(r, "ringkv_disk_free_bytes", "Bytes of the data directory's filesystem available"),
+            propose_commit_duration: histogram(
+                r,
+                "ringkv_raft_propose_commit_duration_seconds",
+                "Leader: proposal accepted to entry committed",
+                latency_buckets(),
+            ),
+            commit_apply_duration: histogram(
+                r,
+                "ringkv_raft_commit_apply_duration_seconds",
+                "Entries committed to applied (written and answered)",
+                latency_buckets(),
+            ),
+            read_index_duration: histogram(
+                r,
+                "ringkv_raft_read_index_duration_seconds",
+                "Linearizable read: asked to ready to serve",
+                latency_buckets(),
+            ),
             registry,
         }
     }

@@ -6,14 +6,19 @@
 //! `?consistency=follower|stale` relaxes a read; `PUT ...?if_value=V` or
 //! `?if_absent=true` makes the write a compare-and-swap. `POST /v1/batch_get`
 //! takes JSON `{"keys": [...]}`.
+//!
+//! A request is known by the caller's `ringkv-request-id` header, else the
+//! trace id of a valid W3C `traceparent`, else a fresh id; every answer
+//! carries that id back in `ringkv-request-id`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
@@ -22,8 +27,11 @@ use ringkv_proto::api::{BatchGetRequest, CompareAndSwapRequest, Error as ApiErro
 use ringkv_proto::kv::ReadConsistency;
 use serde_json::json;
 
+use ringkv_common::trace::TRACEPARENT_HEADER;
+
 use crate::routing::CallOptions;
-use crate::service::{write_options, KvService, REQUEST_ID_HEADER};
+use crate::service::{trace_from, write_options, KvService, REQUEST_ID_HEADER};
+use crate::trace::CallTrace;
 
 /// Deadlines longer than this are clamped.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,21 +56,33 @@ struct BatchGetBody {
 async fn batch_get(
     State(g): State<Gateway>,
     Query(q): Params,
+    headers: HeaderMap,
+    body: Result<Json<BatchGetBody>, JsonRejection>,
+) -> Response {
+    let trace = trace_of(&headers);
+    let answer = batch_get_inner(g, q, trace.clone(), body).await;
+    with_id(&trace, answer)
+}
+
+async fn batch_get_inner(
+    g: Gateway,
+    q: HashMap<String, String>,
+    trace: Arc<CallTrace>,
     body: Result<Json<BatchGetBody>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return bad_request(format!("request body: {}", e.body_text())),
     };
-    let deadline = match g.deadline(&q) {
-        Ok(d) => d,
+    let opts = match g.deadline(&q) {
+        Ok(d) => CallOptions::read(d, trace),
         Err(r) => return r,
     };
     let req = BatchGetRequest {
         keys: body.keys.into_iter().map(String::into_bytes).collect(),
         consistency: ReadConsistency::Linearizable as i32,
     };
-    match g.svc.batch_get_at(req, deadline).await {
+    match g.svc.batch_get_at(req, &opts).await {
         Ok(r) => {
             let results: Vec<serde_json::Value> = r
                 .results
@@ -91,9 +111,25 @@ type Params = Query<HashMap<String, String>>;
 
 /// A write's options: the `ringkv-request-id` header, if any, makes retries
 /// of the same HTTP request apply once.
-fn write_opts(headers: &HeaderMap, deadline: Instant) -> CallOptions {
+fn write_opts(headers: &HeaderMap, deadline: Instant, trace: Arc<CallTrace>) -> CallOptions {
     let id = headers.get(REQUEST_ID_HEADER).map(|v| v.as_bytes().to_vec());
-    write_options(id, deadline)
+    write_options(id, deadline, trace)
+}
+
+/// The request's trace, from its `ringkv-request-id` or `traceparent` header.
+fn trace_of(headers: &HeaderMap) -> Arc<CallTrace> {
+    trace_from(
+        headers.get(REQUEST_ID_HEADER).map(|v| v.as_bytes()),
+        headers.get(TRACEPARENT_HEADER).map(|v| v.as_bytes()),
+    )
+}
+
+/// The answer with the request's id in `ringkv-request-id`.
+fn with_id(trace: &CallTrace, mut r: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&trace.id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    r
 }
 
 fn status_of(e: &ApiError) -> StatusCode {
@@ -128,9 +164,15 @@ impl Gateway {
     }
 }
 
-async fn get_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params) -> Response {
-    let deadline = match g.deadline(&q) {
-        Ok(d) => d,
+async fn get_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Params, headers: HeaderMap) -> Response {
+    let trace = trace_of(&headers);
+    let answer = get_key_inner(g, key, q, trace.clone()).await;
+    with_id(&trace, answer)
+}
+
+async fn get_key_inner(g: Gateway, key: String, q: HashMap<String, String>, trace: Arc<CallTrace>) -> Response {
+    let opts = match g.deadline(&q) {
+        Ok(d) => CallOptions::read(d, trace),
         Err(r) => return r,
     };
     let consistency = match q.get("consistency").map(String::as_str) {
@@ -139,7 +181,7 @@ async fn get_key(State(g): State<Gateway>, Path(key): Path<String>, Query(q): Pa
         Some("stale") => ReadConsistency::Stale,
         Some(other) => return bad_request(format!("consistency {other:?}: linearizable, follower or stale")),
     };
-    match g.svc.get_at(key.into_bytes(), consistency as i32, deadline).await {
+    match g.svc.get_at(key.into_bytes(), consistency as i32, &opts).await {
         Ok(r) if r.found => (StatusCode::OK, r.value).into_response(),
         Ok(_) => {
             (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": "no such key" }))).into_response()
@@ -155,8 +197,21 @@ async fn put_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let trace = trace_of(&headers);
+    let answer = put_key_inner(g, key, q, &headers, trace.clone(), body).await;
+    with_id(&trace, answer)
+}
+
+async fn put_key_inner(
+    g: Gateway,
+    key: String,
+    q: HashMap<String, String>,
+    headers: &HeaderMap,
+    trace: Arc<CallTrace>,
+    body: Bytes,
+) -> Response {
     let opts = match g.deadline(&q) {
-        Ok(d) => write_opts(&headers, d),
+        Ok(d) => write_opts(headers, d, trace),
         Err(r) => return r,
     };
     let expected = match (q.get("if_value"), q.get("if_absent").map(String::as_str)) {
@@ -194,10 +249,15 @@ async fn delete_key(
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
+    let trace = trace_of(&headers);
     let opts = match g.deadline(&q) {
-        Ok(d) => write_opts(&headers, d),
-        Err(r) => return r,
+        Ok(d) => write_opts(&headers, d, trace.clone()),
+        Err(r) => return with_id(&trace, r),
     };
+    with_id(&trace, delete_key_inner(g, key, opts).await)
+}
+
+async fn delete_key_inner(g: Gateway, key: String, opts: CallOptions) -> Response {
     match g.svc.delete_at(key.into_bytes(), &opts).await {
         Ok(r) if r.existed => StatusCode::NO_CONTENT.into_response(),
         Ok(_) => {

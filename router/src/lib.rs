@@ -7,6 +7,7 @@
 //! - [`routing`]: one call to a shard leader, with retries.
 //! - [`service`]: the public `Kv` gRPC service.
 //! - [`http`]: the HTTP/JSON gateway; [`metrics`]: what it counts.
+//! - [`trace`]: a call's id and hops, for its span and the slow-request log.
 //! - [`server`]: wires it into a process.
 
 // gRPC `Status` and axum `Response` are large and returned by value, as
@@ -20,5 +21,6 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod shard_map;
+pub mod trace;
 
 pub use server::{RouterConfig, RouterHandle, RouterServer};

@@ -25,6 +25,7 @@ struct Metrics {
     /// `None` while the watch stream to placement is open (every change is
     /// pushed: the map is current); else when the router last was in sync.
     out_of_sync_since: Mutex<Option<Instant>>,
+    slow_requests: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -53,6 +54,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             r,
             "ringkv_router_shard_map_age_seconds",
             "Seconds the router has been out of sync with placement (0 while its watch stream is open)",
+        ),
+        slow_requests: counter_vec(
+            r,
+            "ringkv_router_slow_requests_total",
+            "API calls slower than --slow-request-ms (each logged once)",
+            &["op"],
         ),
         out_of_sync_since: Mutex::new(Some(Instant::now())),
         registry,
@@ -124,6 +131,11 @@ pub fn map_in_sync(open: bool) {
         (false, None) => *since = Some(Instant::now()),
         (false, Some(_)) => {}
     }
+}
+
+/// Counts a call of `op` logged as slow.
+pub fn count_slow(op: &str) {
+    METRICS.slow_requests.with_label_values(&[op]).inc();
 }
 
 /// The router's metrics in the Prometheus text format.

@@ -3,6 +3,8 @@
 //! hinted leader), `EpochMismatch` (take the newer descriptor), connection
 //! errors and `Retryable` (another replica, jittered backoff). A write keeps
 //! one request id across retries, so the shard applies it at most once.
+//! Every attempt carries the call's trace id to the storenode and is timed
+//! into the call's [`CallTrace`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,10 +19,15 @@ use ringkv_proto::kv::shard_kv_client::ShardKvClient;
 use ringkv_proto::kv::RequestContext;
 use ringkv_proto::meta::ShardDescriptor;
 use tokio::sync::Semaphore;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::shard_map::ShardMapCache;
+use crate::trace::{storenode_hops, AttemptHop, CallTrace, SendRequestId};
+
+/// A storenode client whose requests carry the call's request id.
+pub type ShardClient = ShardKvClient<InterceptedService<Channel, SendRequestId>>;
 
 /// Why a routed call failed, in the terms of the public API.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,12 +62,15 @@ pub struct CallOptions {
     pub is_write: bool,
     /// When the router stops retrying and answers.
     pub deadline: Instant,
+    /// The call's trace: its id (sent to storenodes) and hops. Not the
+    /// de-dup `request_id`, which only a caller's own id may share.
+    pub trace: Arc<CallTrace>,
 }
 
 impl CallOptions {
-    /// Options for a read: no request id.
-    pub fn read(deadline: Instant) -> Self {
-        CallOptions { request_id: Vec::new(), is_write: false, deadline }
+    /// Options for a read: no de-dup request id.
+    pub fn read(deadline: Instant, trace: Arc<CallTrace>) -> Self {
+        CallOptions { request_id: Vec::new(), is_write: false, deadline, trace }
     }
 }
 
@@ -89,20 +99,24 @@ impl Router {
         Router { map, channels: Mutex::new(HashMap::new()), inflight: Semaphore::new(max_inflight.max(1)) }
     }
 
-    async fn client(&self, addr: &str) -> Result<ShardKvClient<Channel>, WireError> {
-        if let Some(c) = self.channels.lock().get(addr) {
-            return Ok(ShardKvClient::new(c.clone()));
-        }
-        let ch = connect(addr).await.map_err(|e| WireError::Retryable(format!("connect {addr}: {e}")))?;
-        self.channels.lock().insert(addr.to_string(), ch.clone());
-        Ok(ShardKvClient::new(ch))
+    async fn client(&self, addr: &str, id: SendRequestId) -> Result<ShardClient, WireError> {
+        let cached = self.channels.lock().get(addr).cloned();
+        let ch = match cached {
+            Some(c) => c,
+            None => {
+                let ch = connect(addr).await.map_err(|e| WireError::Retryable(format!("connect {addr}: {e}")))?;
+                self.channels.lock().insert(addr.to_string(), ch.clone());
+                ch
+            }
+        };
+        Ok(ShardKvClient::with_interceptor(ch, id))
     }
 
     /// Runs `f` against the leader of the target shard
     /// until it succeeds, fails for good, or `deadline` passes.
     pub async fn call<T, F, Fut>(&self, target: Target<'_>, req: &CallOptions, f: F) -> Result<T, RouteError>
     where
-        F: Fn(ShardKvClient<Channel>, RequestContext) -> Fut,
+        F: Fn(ShardClient, RequestContext) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let _permit = self
@@ -112,29 +126,36 @@ impl Router {
         let _in_flight = crate::metrics::InFlight::start();
         let (request_id, deadline) = (req.request_id.as_slice(), req.deadline);
         let mut attempts = Attempts::new(req.is_write, deadline);
+        let trace = &req.trace;
         loop {
+            let looked_up = Instant::now();
             let shard = match target {
                 Target::Key(k) => self.map.shard_for(k),
                 Target::Shard(id) => self.map.shards().into_iter().find(|s| s.id == id),
             };
+            trace.route(looked_up.elapsed());
             let err = match shard {
                 None => {
                     self.map.request_refresh();
                     WireError::Retryable("no shard map yet".into())
                 }
-                Some(shard) => match self.attempt(&shard, attempts.attempt, request_id, deadline, &f).await {
-                    Ok(r) => return Ok(r),
-                    Err(e) => {
-                        self.learn(&shard, &e);
-                        e
+                Some(shard) => {
+                    tracing::Span::current().record("shard", shard.id);
+                    match self.attempt(&shard, attempts.attempt, request_id, deadline, trace, &f).await {
+                        Ok(r) => return Ok(r),
+                        Err(e) => {
+                            self.learn(&shard, &e);
+                            e
+                        }
                     }
-                },
+                }
             };
             let step = attempts.next_step(&err, Instant::now(), rand::thread_rng().gen_range(0.5..1.0));
             match step {
                 Step::Retry(sleep) => {
                     crate::metrics::retried(&err);
-                    tokio::time::sleep(sleep).await
+                    tokio::time::sleep(sleep).await;
+                    trace.backoff(sleep);
                 }
                 Step::Fail(e) => return Err(e),
             }
@@ -147,16 +168,45 @@ impl Router {
         attempt: usize,
         request_id: &[u8],
         deadline: Instant,
+        trace: &CallTrace,
         f: &F,
     ) -> Result<T, WireError>
     where
-        F: Fn(ShardKvClient<Channel>, RequestContext) -> Fut,
+        F: Fn(ShardClient, RequestContext) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let start = Instant::now();
         let node = pick_node(self.map.leader(shard.id), shard, attempt);
+        let mut storenode = Vec::new();
+        let res = self.attempt_node(shard, node, request_id, deadline, trace, f, &mut storenode).await;
+        trace.attempt(AttemptHop {
+            shard: shard.id,
+            node,
+            took: start.elapsed(),
+            outcome: res.as_ref().map_or_else(outcome_of, |_| "ok"),
+            storenode,
+        });
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_node<T, F, Fut>(
+        &self,
+        shard: &ShardDescriptor,
+        node: u64,
+        request_id: &[u8],
+        deadline: Instant,
+        trace: &CallTrace,
+        f: &F,
+        storenode: &mut Vec<ringkv_common::trace::Hop>,
+    ) -> Result<T, WireError>
+    where
+        F: Fn(ShardClient, RequestContext) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let addr = self.map.address(node).ok_or_else(|| WireError::Retryable(format!("no address for node {node}")))?;
         // Neither connecting nor waiting for the answer outlives the deadline.
-        let client = tokio::time::timeout_at(deadline.into(), self.client(&addr))
+        let client = tokio::time::timeout_at(deadline.into(), self.client(&addr, SendRequestId::of(trace)))
             .await
             .map_err(|_| WireError::Retryable(format!("connect {addr}: deadline passed")))??;
         let ctx = request_context(shard, request_id, deadline);
@@ -166,16 +216,22 @@ impl Router {
             return Err(WireError::Ambiguous(format!("no answer from {addr} before the deadline")));
         };
         match answer {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => match WireError::from_status(&s) {
-                // No typed answer: the request may have reached the leader
-                // and been proposed before the connection failed.
-                WireError::Transport { code, message } => {
-                    self.channels.lock().remove(&addr);
-                    Err(WireError::Ambiguous(format!("{code}: {message}")))
+            Ok(r) => {
+                *storenode = storenode_hops(r.metadata());
+                Ok(r.into_inner())
+            }
+            Err(s) => {
+                *storenode = storenode_hops(s.metadata());
+                match WireError::from_status(&s) {
+                    // No typed answer: the request may have reached the leader
+                    // and been proposed before the connection failed.
+                    WireError::Transport { code, message } => {
+                        self.channels.lock().remove(&addr);
+                        Err(WireError::Ambiguous(format!("{code}: {message}")))
+                    }
+                    typed => Err(typed),
                 }
-                typed => Err(typed),
-            },
+            }
         }
     }
 
@@ -190,6 +246,21 @@ impl Router {
             }
             _ => self.map.set_leader(shard.id, None),
         }
+    }
+}
+
+/// A failed attempt's outcome as the slow log names it.
+fn outcome_of(e: &WireError) -> &'static str {
+    match e {
+        WireError::NotLeader { .. } => "not_leader",
+        WireError::EpochMismatch(_) => "epoch_mismatch",
+        WireError::KeyNotInShard { .. } => "key_not_in_shard",
+        WireError::ShardNotFound(_) => "shard_not_found",
+        WireError::Retryable(_) => "retryable",
+        WireError::Busy(_) => "busy",
+        WireError::Ambiguous(_) => "ambiguous",
+        WireError::InvalidArgument { .. } => "invalid",
+        _ => "error",
     }
 }
 
@@ -551,7 +622,7 @@ mod tests {
         let router = Router::new(ShardMapCache::new(Arc::new(PlacementClient::new(Vec::new()))), 4);
         let calls = AtomicUsize::new(0);
         let res: Result<(), _> = router
-            .call(Target::Key(b"k"), &CallOptions::read(Instant::now()), |_, _| {
+            .call(Target::Key(b"k"), &CallOptions::read(Instant::now(), Arc::new(CallTrace::fresh())), |_, _| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async { Ok(tonic::Response::new(())) }
             })
@@ -565,7 +636,9 @@ mod tests {
         let router = router_with(shard(1, 1, 1, &[1, 2, 3]));
         let _held: Vec<_> = (0..16).map(|_| router.inflight.try_acquire().unwrap()).collect();
         let res: Result<(), _> = router
-            .call(Target::Shard(1), &CallOptions::read(far()), |_, _| async { Ok(tonic::Response::new(())) })
+            .call(Target::Shard(1), &CallOptions::read(far(), Arc::new(CallTrace::fresh())), |_, _| async {
+                Ok(tonic::Response::new(()))
+            })
             .await;
         assert!(matches!(res, Err(RouteError::Overloaded(_))), "{res:?}");
     }
@@ -575,7 +648,8 @@ mod tests {
         let router = router_with(shard(1, 1, 1, &[1, 2, 3]));
         lazy_channels(&router);
         let seen = Mutex::new(Vec::new());
-        let opts = CallOptions { request_id: b"id-7".to_vec(), is_write: true, deadline: far() };
+        let trace = Arc::new(CallTrace::new("trace-7".into()));
+        let opts = CallOptions { request_id: b"id-7".to_vec(), is_write: true, deadline: far(), trace: trace.clone() };
         let res = router
             .call(Target::Key(b"k"), &opts, |_, ctx| {
                 let mut seen = seen.lock();
@@ -591,6 +665,10 @@ mod tests {
         assert_eq!(res.unwrap(), 3);
         assert_eq!(*seen.lock(), vec![b"id-7".to_vec(); 3]);
         assert_eq!(router.map.leader(1), Some(3), "the hinted leader is remembered");
+        assert_eq!(trace.attempts(), 3, "every attempt is traced");
+        let hops = trace.hops();
+        assert!(hops.contains("outcome=retryable") && hops.contains("outcome=not_leader"), "{hops}");
+        assert!(hops.contains("attempt3;") && hops.contains(";outcome=ok"), "{hops}");
     }
 
     #[tokio::test]
@@ -599,8 +677,12 @@ mod tests {
         lazy_channels(&router);
         for is_write in [true, false] {
             let start = Instant::now();
-            let opts =
-                CallOptions { request_id: b"id".to_vec(), is_write, deadline: start + Duration::from_millis(50) };
+            let opts = CallOptions {
+                request_id: b"id".to_vec(),
+                is_write,
+                deadline: start + Duration::from_millis(50),
+                trace: Arc::new(CallTrace::fresh()),
+            };
             let res: Result<(), _> =
                 router.call(Target::Key(b"k"), &opts, |_, _| std::future::pending::<Result<_, Status>>()).await;
             assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());

@@ -29,6 +29,9 @@ pub struct RouterConfig {
     pub limits: Limits,
     /// Shard calls in flight before new requests are shed (HTTP 429).
     pub max_inflight: usize,
+    /// Calls slower than this are logged once at WARN with every hop
+    /// (zero: every call).
+    pub slow_request: Duration,
 }
 
 /// Entry point: [`RouterServer::start`] runs one router in this process.
@@ -56,7 +59,7 @@ impl RouterServer {
         let mut serving = Serving::default();
         let map = ShardMapCache::new(Arc::new(PlacementClient::new(cfg.placement.clone())));
         let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));
-        let svc = KvService::new(router, cfg.limits.clone(), cfg.default_timeout);
+        let svc = KvService::new(router, cfg.limits.clone(), cfg.default_timeout).with_slow_request(cfg.slow_request);
         let stopped = serving.stopped();
         serving.spawn(map.clone().run(stopped));
         serving.grpc(listener, tonic::transport::Server::builder().add_service(KvServer::new(svc.clone())))?;

@@ -1,6 +1,8 @@
 //! The public `Kv` gRPC service: validates, splits multi-key calls by shard
 //! (run in parallel), routes each piece with [`Router::call`], and maps
 //! failures to the API's status codes with a typed `api.Error` in the details.
+//! Every call runs in a `request` span under its request id, answers with
+//! that id (`ringkv-request-id`), and is logged once when slow.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use futures::future::join_all;
 use prost::Message;
 use ringkv_common::hashing;
 use ringkv_common::limits::Limits;
+use ringkv_common::trace::{choose_request_id, TRACEPARENT_HEADER};
 use ringkv_proto::api::kv_server::Kv;
 use ringkv_proto::api::{
     AtomicBatchRequest, AtomicBatchResponse, BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse,
@@ -17,9 +20,12 @@ use ringkv_proto::api::{
     GetRequest, GetResponse, KeyResult, PutRequest, PutResponse, ScanRequest, ScanResponse,
 };
 use ringkv_proto::kv as shard;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::routing::{CallOptions, RouteError, Router, Target};
+use crate::trace::{fresh_id, CallTrace};
 
 /// Scan pages hold at most this many pairs.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
@@ -31,6 +37,8 @@ pub struct KvService {
     router: Arc<Router>,
     limits: Limits,
     default_timeout: Duration,
+    /// Calls slower than this are logged once with every hop.
+    slow_request: Duration,
 }
 
 /// A routing failure as the API's typed error, naming `key`.
@@ -61,16 +69,30 @@ pub fn from_status(s: &Status) -> Option<ApiError> {
     ApiError::decode(s.details()).ok().filter(|e| e.code != 0 || !e.message.is_empty())
 }
 
+use ringkv_common::trace::MAX_REQUEST_ID_BYTES;
 /// Metadata / HTTP header carrying a client's request id.
-pub const REQUEST_ID_HEADER: &str = "ringkv-request-id";
-const MAX_REQUEST_ID_BYTES: usize = 64;
+pub use ringkv_common::trace::REQUEST_ID_HEADER;
 
-/// Options for a write: the given request id (when sane) or a random one.
-pub fn write_options(id: Option<Vec<u8>>, deadline: Instant) -> CallOptions {
+/// Options for a write: the given de-dup request id (when sane) or a
+/// random one. The caller's id de-duplicates whatever its bytes; the trace
+/// is separate (its id may come from a `traceparent`, which a whole trace
+/// shares, so it must never de-duplicate).
+pub fn write_options(id: Option<Vec<u8>>, deadline: Instant, trace: Arc<CallTrace>) -> CallOptions {
     let request_id = id
         .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES)
         .unwrap_or_else(|| rand::random::<[u8; 16]>().to_vec());
-    CallOptions { request_id, is_write: true, deadline }
+    CallOptions { request_id, is_write: true, deadline, trace }
+}
+
+/// A call's trace from its headers: the caller's `ringkv-request-id` when it
+/// is a usable id, else a valid `traceparent`'s trace id, else a fresh id.
+/// A malformed header is ignored, never refused.
+pub fn trace_from(request_id: Option<&[u8]>, traceparent: Option<&[u8]>) -> Arc<CallTrace> {
+    Arc::new(CallTrace::new(choose_request_id(request_id, traceparent, fresh_id)))
+}
+
+fn trace_of(meta: &MetadataMap) -> Arc<CallTrace> {
+    trace_from(meta.get(REQUEST_ID_HEADER).map(|v| v.as_bytes()), meta.get(TRACEPARENT_HEADER).map(|v| v.as_bytes()))
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
@@ -82,15 +104,26 @@ impl KvService {
     /// A service routing through `router`, checking `limits`; `default_timeout`
     /// bounds requests that carry no deadline.
     pub fn new(router: Arc<Router>, limits: Limits, default_timeout: Duration) -> Self {
-        KvService { router, limits, default_timeout }
+        KvService { router, limits, default_timeout, slow_request: Duration::from_millis(500) }
+    }
+
+    /// Logs calls slower than `d` (zero: every call) once, with every hop.
+    pub fn with_slow_request(mut self, d: Duration) -> Self {
+        self.slow_request = d;
+        self
     }
 
     /// A write's routing options: the caller's request id (metadata
     /// `ringkv-request-id`, so a client retrying through another router is
-    /// still applied once) or a fresh one, and the deadline.
+    /// still applied once) or a fresh one, the deadline and the trace.
     pub fn write_opts<T>(&self, req: &Request<T>) -> CallOptions {
         let id = req.metadata().get(REQUEST_ID_HEADER).map(|v| v.as_bytes().to_vec());
-        write_options(id, self.deadline(req))
+        write_options(id, self.deadline(req), trace_of(req.metadata()))
+    }
+
+    /// A read's routing options: the deadline and the trace.
+    pub fn read_opts<T>(&self, req: &Request<T>) -> CallOptions {
+        CallOptions::read(self.deadline(req), trace_of(req.metadata()))
     }
 
     /// The caller's deadline (grpc-timeout), or the router's default.
@@ -132,19 +165,19 @@ impl KvService {
 
     // Public entry points (gRPC and HTTP both come here): each is counted.
 
-    /// Reads one key with the given consistency, by `deadline`.
-    pub async fn get_at(&self, key: Vec<u8>, consistency: i32, deadline: Instant) -> Result<GetResponse, ApiError> {
-        timed("get", self.get_at_inner(key, consistency, deadline)).await
+    /// Reads one key with the given consistency.
+    pub async fn get_at(&self, key: Vec<u8>, consistency: i32, opts: &CallOptions) -> Result<GetResponse, ApiError> {
+        self.timed("get", opts, self.get_at_inner(key, consistency, opts)).await
     }
 
     /// Writes one key.
     pub async fn put_at(&self, key: Vec<u8>, value: Vec<u8>, opts: &CallOptions) -> Result<PutResponse, ApiError> {
-        timed("put", self.put_at_inner(key, value, opts)).await
+        self.timed("put", opts, self.put_at_inner(key, value, opts)).await
     }
 
     /// Deletes one key.
     pub async fn delete_at(&self, key: Vec<u8>, opts: &CallOptions) -> Result<DeleteResponse, ApiError> {
-        timed("delete", self.delete_at_inner(key, opts)).await
+        self.timed("delete", opts, self.delete_at_inner(key, opts)).await
     }
 
     /// Compare-and-swap on one key.
@@ -153,18 +186,18 @@ impl KvService {
         req: CompareAndSwapRequest,
         opts: &CallOptions,
     ) -> Result<CompareAndSwapResponse, ApiError> {
-        timed("cas", self.cas_at_inner(req, opts)).await
+        self.timed("cas", opts, self.cas_at_inner(req, opts)).await
     }
 
-    /// Reads many keys, one call per shard in parallel, by `deadline`.
-    pub async fn batch_get_at(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
-        timed("batch_get", self.batch_get_at_inner(req, deadline)).await
+    /// Reads many keys, one call per shard in parallel.
+    pub async fn batch_get_at(&self, req: BatchGetRequest, opts: &CallOptions) -> Result<BatchGetResponse, ApiError> {
+        self.timed("batch_get", opts, self.batch_get_at_inner(req, opts)).await
     }
 
     /// Writes many keys, one call per shard in parallel; failures are reported
     /// per key, not for the whole batch.
     pub async fn batch_put_at(&self, req: BatchPutRequest, opts: &CallOptions) -> Result<BatchPutResponse, ApiError> {
-        timed("batch_put", self.batch_put_at_inner(req, opts)).await
+        self.timed("batch_put", opts, self.batch_put_at_inner(req, opts)).await
     }
 
     /// Compares and mutates keys that share one hash tag, atomically in one shard.
@@ -173,19 +206,19 @@ impl KvService {
         req: AtomicBatchRequest,
         opts: &CallOptions,
     ) -> Result<AtomicBatchResponse, ApiError> {
-        timed("atomic_batch", self.atomic_batch_at_inner(req, opts)).await
+        self.timed("atomic_batch", opts, self.atomic_batch_at_inner(req, opts)).await
     }
 
-    /// One page of a scan, by `deadline`.
-    pub async fn scan_at(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
-        timed("scan", self.scan_at_inner(req, deadline)).await
+    /// One page of a scan.
+    pub async fn scan_at(&self, req: ScanRequest, opts: &CallOptions) -> Result<ScanResponse, ApiError> {
+        self.timed("scan", opts, self.scan_at_inner(req, opts)).await
     }
 
-    async fn get_at_inner(&self, key: Vec<u8>, consistency: i32, deadline: Instant) -> Result<GetResponse, ApiError> {
+    async fn get_at_inner(&self, key: Vec<u8>, consistency: i32, opts: &CallOptions) -> Result<GetResponse, ApiError> {
         self.check_key(&key)?;
         let r = self
             .router
-            .call(Target::Key(&key), &CallOptions::read(deadline), |mut c, ctx| {
+            .call(Target::Key(&key), opts, |mut c, ctx| {
                 let req = shard::GetRequest { context: Some(ctx), key: key.clone(), consistency };
                 async move { c.get(req).await }
             })
@@ -272,7 +305,7 @@ impl KvService {
         Ok(groups)
     }
 
-    async fn batch_get_at_inner(&self, req: BatchGetRequest, deadline: Instant) -> Result<BatchGetResponse, ApiError> {
+    async fn batch_get_at_inner(&self, req: BatchGetRequest, opts: &CallOptions) -> Result<BatchGetResponse, ApiError> {
         self.check_count(req.keys.len())?;
         let groups = self.by_shard(&req.keys)?;
         let consistency = req.consistency;
@@ -284,7 +317,7 @@ impl KvService {
                 let first = keys_[0].clone();
                 let r = self
                     .router
-                    .call(Target::Key(&first), &CallOptions::read(deadline), |mut c, ctx| {
+                    .call(Target::Key(&first), opts, |mut c, ctx| {
                         let req = shard::BatchGetRequest { context: Some(ctx), keys: keys_.clone(), consistency };
                         async move { c.batch_get(req).await }
                     })
@@ -390,7 +423,7 @@ impl KvService {
 
     /// One page of a scan. The continuation is `shard_id (8 BE) ++ last key`:
     /// the next page resumes after that key in that shard.
-    async fn scan_at_inner(&self, req: ScanRequest, deadline: Instant) -> Result<ScanResponse, ApiError> {
+    async fn scan_at_inner(&self, req: ScanRequest, opts: &CallOptions) -> Result<ScanResponse, ApiError> {
         if req.prefix.len() > self.limits.max_key_bytes {
             return Err(invalid("prefix", "longer than the key limit"));
         }
@@ -424,7 +457,7 @@ impl KvService {
             let (prefix, after_key) = (req.prefix.clone(), after.clone());
             let r = self
                 .router
-                .call(Target::Shard(d.id), &CallOptions::read(deadline), |mut c, ctx| {
+                .call(Target::Shard(d.id), opts, |mut c, ctx| {
                     let req = shard::ScanRequest {
                         context: Some(ctx),
                         prefix: prefix.clone(),
@@ -472,34 +505,84 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
-async fn timed<T>(op: &str, f: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
-    let start = Instant::now();
-    let r = f.await;
-    crate::metrics::observe(op, start, &r);
-    r
+impl KvService {
+    /// Runs one API call in its `request` span; counts it, and logs it once
+    /// at WARN with every hop when it took `slow_request` or longer.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        opts: &CallOptions,
+        f: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let trace = &opts.trace;
+        let span = tracing::info_span!("request", request_id = %trace.id, op, shard = tracing::field::Empty);
+        let start = Instant::now();
+        let r = f.instrument(span.clone()).await;
+        let took = start.elapsed();
+        crate::metrics::observe(op, start, &r);
+        if took >= self.slow_request {
+            crate::metrics::count_slow(op);
+            let (route, backoff) = trace.route_and_backoff();
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            span.in_scope(|| {
+                tracing::warn!(
+                    request_id = %trace.id,
+                    op,
+                    shard = %trace.shards(),
+                    outcome = if r.is_ok() { "ok" } else { "error" },
+                    attempts = trace.attempts(),
+                    total_ms = ms(took),
+                    route_ms = ms(route),
+                    backoff_ms = ms(backoff),
+                    hops = %trace.hops(),
+                    "slow request"
+                )
+            });
+        }
+        r
+    }
 }
 
-fn reply<T>(r: Result<T, ApiError>) -> Result<Response<T>, Status> {
-    r.map(Response::new).map_err(to_status)
+/// The gRPC answer, carrying the call's id back (`ringkv-request-id`) on
+/// success and on error alike.
+fn reply<T>(r: Result<T, ApiError>, opts: &CallOptions) -> Result<Response<T>, Status> {
+    let id = AsciiMetadataValue::try_from(opts.trace.id.as_str()).ok();
+    let with_id = |m: &mut MetadataMap| {
+        if let Some(id) = id.clone() {
+            m.insert(REQUEST_ID_HEADER, id);
+        }
+    };
+    match r {
+        Ok(v) => {
+            let mut resp = Response::new(v);
+            with_id(resp.metadata_mut());
+            Ok(resp)
+        }
+        Err(e) => {
+            let mut status = to_status(e);
+            with_id(status.metadata_mut());
+            Err(status)
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let d = self.deadline(&req);
+        let o = self.read_opts(&req);
         let r = req.into_inner();
-        reply(self.get_at(r.key, r.consistency, d).await)
+        reply(self.get_at(r.key, r.consistency, &o).await, &o)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let o = self.write_opts(&req);
         let r = req.into_inner();
-        reply(self.put_at(r.key, r.value, &o).await)
+        reply(self.put_at(r.key, r.value, &o).await, &o)
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let o = self.write_opts(&req);
-        reply(self.delete_at(req.into_inner().key, &o).await)
+        reply(self.delete_at(req.into_inner().key, &o).await, &o)
     }
 
     async fn compare_and_swap(
@@ -507,26 +590,26 @@ impl Kv for KvService {
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         let o = self.write_opts(&req);
-        reply(self.cas_at(req.into_inner(), &o).await)
+        reply(self.cas_at(req.into_inner(), &o).await, &o)
     }
 
     async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
-        let d = self.deadline(&req);
-        reply(self.batch_get_at(req.into_inner(), d).await)
+        let o = self.read_opts(&req);
+        reply(self.batch_get_at(req.into_inner(), &o).await, &o)
     }
 
     async fn batch_put(&self, req: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
         let o = self.write_opts(&req);
-        reply(self.batch_put_at(req.into_inner(), &o).await)
+        reply(self.batch_put_at(req.into_inner(), &o).await, &o)
     }
 
     async fn atomic_batch(&self, req: Request<AtomicBatchRequest>) -> Result<Response<AtomicBatchResponse>, Status> {
         let o = self.write_opts(&req);
-        reply(self.atomic_batch_at(req.into_inner(), &o).await)
+        reply(self.atomic_batch_at(req.into_inner(), &o).await, &o)
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let d = self.deadline(&req);
-        reply(self.scan_at(req.into_inner(), d).await)
+        let o = self.read_opts(&req);
+        reply(self.scan_at(req.into_inner(), &o).await, &o)
     }
 }

@@ -46,6 +46,9 @@ pub struct StorenodeConfig {
     pub raft: RaftConfig,
     /// Request limits (`[limits]`).
     pub limits: Limits,
+    /// ShardKv requests slower than this many milliseconds are logged once
+    /// at WARN with their id and every hop (0: every request).
+    pub slow_request_ms: u64,
 }
 
 /// Another storenode of a static cluster.
@@ -74,6 +77,7 @@ impl Default for StorenodeConfig {
             size_check_ms: 10_000,
             raft: RaftConfig::default(),
             limits: Limits::default(),
+            slow_request_ms: 500,
         }
     }
 }

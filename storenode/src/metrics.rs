@@ -20,6 +20,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// ShardKv request latency by method.
     pub request_duration: HistogramVec,
+    /// ShardKv requests slower than `--slow-request-ms`, by method (each logged once).
+    pub slow_requests: IntCounterVec,
     /// Leader only: on-disk bytes of a shard's data.
     pub shard_bytes: IntGaugeVec,
     /// Leader only: estimated keys of a shard's data.
@@ -81,6 +83,12 @@ impl Metrics {
             ),
             shard_reads: rate("ringkv_shard_reads_per_second", "Leader only: reads served per second"),
             shard_writes: rate("ringkv_shard_writes_per_second", "Leader only: writes per second"),
+            slow_requests: counter_vec(
+                r,
+                "ringkv_storenode_slow_requests_total",
+                "ShardKv requests slower than --slow-request-ms, by method (each logged once)",
+                &["method"],
+            ),
             load_exported: Mutex::new(HashSet::new()),
             raft,
         }

@@ -97,7 +97,8 @@ impl Storenode {
         let mut serving = Serving::default();
         let load = Arc::new(ShardLoad::default());
         let kv =
-            KvService::new(loop_handle.clone(), raft.engine.clone(), cfg.limits.clone(), metrics.clone(), load.clone());
+            KvService::new(loop_handle.clone(), raft.engine.clone(), cfg.limits.clone(), metrics.clone(), load.clone())
+                .with_slow_request(std::time::Duration::from_millis(cfg.slow_request_ms));
         let admin = AdminService::new(
             node_id,
             loop_handle.clone(),

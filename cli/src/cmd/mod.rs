@@ -82,7 +82,40 @@ pub enum Command {
     Chaos(chaos::Args),
 }
 
+/// How a server writes its log lines (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, event fields at the top level, for log
+    /// shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag's value, to pass on to a child process.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 impl Command {
+    /// The log format a server subcommand was given (text for the others).
+    pub fn log_format(&self) -> LogFormat {
+        let given = match self {
+            Command::Placement(a) => a.log_format,
+            Command::Storenode(a) => a.log_format,
+            Command::Router(a) => a.log_format,
+            Command::Playground(a) => a.log_format(),
+            _ => None,
+        };
+        given.unwrap_or_default()
+    }
+
     pub fn is_server(&self) -> bool {
         matches!(self, Command::Placement(_) | Command::Storenode(_) | Command::Router(_) | Command::Bench(_))
             || matches!(self, Command::Chaos(a) if a.is_run())

@@ -17,6 +17,10 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line). Default text.
+    #[arg(long, value_enum)]
+    #[serde(skip)]
+    pub log_format: Option<super::LogFormat>,
     /// This member's id (1, 2, 3…). Default 1.
     #[arg(long)]
     id: Option<u64>,
@@ -84,6 +88,8 @@ impl Args {
         let f: Args = super::load_toml(path)?;
         Ok(Args {
             config: self.config.clone(),
+            // Logging started before the file was read: the flag only.
+            log_format: self.log_format,
             id: self.id.or(f.id),
             listen: self.listen.or(f.listen),
             http: self.http.or(f.http),

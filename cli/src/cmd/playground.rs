@@ -52,6 +52,12 @@ impl Args {
     pub fn is_start(&self) -> bool {
         self.command.is_none()
     }
+
+    /// The `--log-format` a start was given (the playground logs in it and
+    /// passes it on to every child).
+    pub fn log_format(&self) -> Option<super::LogFormat> {
+        self.start.log_format.filter(|_| self.is_start())
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -100,6 +106,29 @@ struct StartArgs {
     /// config and alert rules, on 127.0.0.1:9090).
     #[arg(long)]
     no_prometheus: bool,
+    /// Log lines as `text` or `json`, for the playground and every process
+    /// it starts. Each server's default (text) when not given.
+    #[arg(long, value_enum)]
+    log_format: Option<super::LogFormat>,
+    /// Passed on to the router and the storenodes: log requests slower than
+    /// this many milliseconds (0: every one). Their default (500) when not given.
+    #[arg(long)]
+    slow_request_ms: Option<u64>,
+}
+
+impl StartArgs {
+    /// The flags every child gets from the playground's own: `--log-format`
+    /// for all, plus `--slow-request-ms` for routers and storenodes.
+    fn passed_on(&self, slow: bool) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(f) = self.log_format {
+            args.extend(["--log-format".to_string(), f.as_str().to_string()]);
+        }
+        if let Some(ms) = self.slow_request_ms.filter(|_| slow) {
+            args.extend(["--slow-request-ms".to_string(), ms.to_string()]);
+        }
+        args
+    }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -363,11 +392,13 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
         if let Some(d) = a.split_detections {
             args.extend(["--split-detections".into(), d.to_string()]);
         }
+        args.extend(a.passed_on(false));
         children.spawn(pi, args)?;
     }
     for (i, &(g, h)) in storenode_ports.iter().enumerate() {
         let si = storenode_info(dir, i as u64 + 1, g, h);
-        let args = storenode_args(&si, &placement_addrs);
+        let mut args = storenode_args(&si, &placement_addrs);
+        args.extend(a.passed_on(true));
         children.spawn(si, args)?;
     }
     let ri = ProcessInfo {
@@ -381,18 +412,17 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     };
     let router_addr = ri.grpc.clone();
     let router_http = ri.http.clone();
-    children.spawn(
-        ri,
-        vec![
-            "router".into(),
-            "--listen".into(),
-            router_addr.clone(),
-            "--http".into(),
-            router_http.clone(),
-            "--placement".into(),
-            placement_addrs.join(","),
-        ],
-    )?;
+    let mut args: Vec<String> = vec![
+        "router".into(),
+        "--listen".into(),
+        router_addr.clone(),
+        "--http".into(),
+        router_http.clone(),
+        "--placement".into(),
+        placement_addrs.join(","),
+    ];
+    args.extend(a.passed_on(true));
+    children.spawn(ri, args)?;
     let prometheus_http = match (&prometheus_bin, prometheus_port) {
         (Some(bin), Some(port)) => Some(start_prometheus(&mut children, dir, bin, port)?),
         _ => None,
@@ -532,7 +562,18 @@ mod tests {
             split_qps: None,
             split_detections: None,
             no_prometheus: false,
+            log_format: None,
+            slow_request_ms: None,
         }
+    }
+
+    #[test]
+    fn log_format_and_slow_request_ms_are_passed_on_only_when_given() {
+        let a = start_args(None);
+        assert!(a.passed_on(true).is_empty() && a.passed_on(false).is_empty());
+        let a = StartArgs { log_format: Some(crate::cmd::LogFormat::Json), slow_request_ms: Some(0), ..a };
+        assert_eq!(a.passed_on(true), ["--log-format", "json", "--slow-request-ms", "0"]);
+        assert_eq!(a.passed_on(false), ["--log-format", "json"], "placement has no slow-request log");
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line). Default text.
+    #[arg(long, value_enum)]
+    #[serde(skip)]
+    pub log_format: Option<super::LogFormat>,
     /// gRPC listen address (the Kv API). Default 127.0.0.1:6380.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -32,6 +36,10 @@ pub struct Args {
     /// HTTP 429). Default 10000.
     #[arg(long)]
     max_inflight: Option<usize>,
+    /// Log API calls slower than this many milliseconds once, at WARN, with
+    /// their request id and every hop (0: every call). Default 500.
+    #[arg(long)]
+    slow_request_ms: Option<u64>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -60,6 +68,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         default_timeout: Duration::from_millis(timeout_ms),
         limits: Limits::default(),
         max_inflight: a.max_inflight.or(f.max_inflight).unwrap_or(10_000).max(1),
+        slow_request: Duration::from_millis(a.slow_request_ms.or(f.slow_request_ms).unwrap_or(500)),
     };
     let h = RouterServer::start(cfg).await?;
     println!("router serving gRPC on {} and HTTP on {:?}", h.grpc_addr, h.http_addr);

@@ -12,6 +12,13 @@ pub struct Args {
     /// TOML config file; flags given on the command line override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line). Default text.
+    #[arg(long, value_enum)]
+    pub log_format: Option<super::LogFormat>,
+    /// Log ShardKv calls slower than this many milliseconds once, at WARN,
+    /// with their request id and every hop (0: every call). Default 500.
+    #[arg(long)]
+    slow_request_ms: Option<u64>,
     #[arg(long)]
     node_id: Option<u64>,
     /// gRPC listen address.
@@ -87,6 +94,9 @@ pub fn config(a: &Args) -> anyhow::Result<StorenodeConfig> {
     }
     if let Some(v) = a.compact_log_entries {
         cfg.raft.compact_log_entries = v;
+    }
+    if let Some(v) = a.slow_request_ms {
+        cfg.slow_request_ms = v;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -271,11 +271,30 @@ pub fn http(method: &str, addr: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>)
 
 /// [`http`], with connection errors returned (for polling a starting server).
 pub fn try_http(method: &str, addr: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    try_http_with(method, addr, path, &[], body).map(|(status, _, body)| (status, body))
+}
+
+/// An HTTP answer: status, headers (names lowercased) and body.
+pub type HttpAnswer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// [`http`] with extra request headers; the answer's headers too.
+pub fn http_with(method: &str, addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpAnswer {
+    try_http_with(method, addr, path, headers, body).expect("an HTTP exchange with the gateway")
+}
+
+fn try_http_with(
+    method: &str,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpAnswer> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;
@@ -290,7 +309,13 @@ pub fn try_http(method: &str, addr: &str, path: &str, body: &[u8]) -> std::io::R
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    Ok((status, body))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

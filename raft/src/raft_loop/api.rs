@@ -31,6 +31,45 @@ pub const ANSWER_GRACE: std::time::Duration = std::time::Duration::from_millis(5
 /// Where the answer to a request goes.
 pub type Callback<T> = oneshot::Sender<Result<T>>;
 
+/// When the loop reached each step of a proposal or a read, for tracing a
+/// request's hops. Taken a few times per pass (not per entry): every answer
+/// of one pass shares the pass's `committed` and `done` instants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timings {
+    /// The loop took the request from its inbox (proposal accepted by
+    /// raft-rs, or read queued). The caller's own send time minus this is
+    /// the wait in the inbox.
+    pub accepted: Instant,
+    /// Proposal: the pass that first saw its entry committed (after that
+    /// pass's synced write). Read: the pass that got its read index
+    /// confirmed. `None` for reads that need no confirmation (local reads).
+    pub committed: Option<Instant>,
+    /// Proposal: its entry applied (the apply batch written). Read: safe to
+    /// serve (applied up to the read index).
+    pub done: Instant,
+}
+
+impl Timings {
+    /// Accepted → committed (zero when there was no commit step).
+    pub fn to_commit(&self) -> std::time::Duration {
+        self.committed.map_or(std::time::Duration::ZERO, |c| c.saturating_duration_since(self.accepted))
+    }
+
+    /// Committed (or accepted, when there was no commit step) → done.
+    pub fn to_done(&self) -> std::time::Duration {
+        self.done.saturating_duration_since(self.committed.unwrap_or(self.accepted))
+    }
+}
+
+/// An answer and when the loop reached each step of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timed<T> {
+    /// The answer itself.
+    pub value: T,
+    /// The steps' instants.
+    pub timings: Timings,
+}
+
 /// How a read is made safe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
@@ -126,8 +165,8 @@ pub enum LoopRequest<S: StateMachine> {
         cmd: S::Command,
         /// When the caller stops waiting.
         deadline: Instant,
-        /// The answer.
-        cb: Callback<S::Response>,
+        /// The answer, with its [`Timings`].
+        cb: Callback<Timed<S::Response>>,
     },
     /// Answered with the group once a read of it in this mode is safe.
     Read {
@@ -137,8 +176,8 @@ pub enum LoopRequest<S: StateMachine> {
         mode: ReadMode,
         /// When the caller stops waiting (answered retryable then).
         deadline: Instant,
-        /// The answer: the group as of the read.
-        cb: Callback<S::Group>,
+        /// The answer: the group as of the read, with its [`Timings`].
+        cb: Callback<Timed<S::Group>>,
     },
     /// Change the group's members (one ConfChangeV2: joint consensus when
     /// more than one voter changes). Answered with the group once applied.

@@ -9,6 +9,9 @@
 //! corrupt record on this node) stops this replica, and then nothing of its
 //! pass is written.
 
+use std::time::Instant;
+
+use prometheus::Histogram;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType};
@@ -16,6 +19,7 @@ use raft::{ProgressState, StateRole};
 use ringkv_proto::engine::{ConfChangeContext, MemberRole, ReplicaState};
 use rocksdb::WriteBatch;
 
+use super::api::{Timed, Timings};
 use super::replica::{Replica, Waiter};
 use crate::config::RaftConfig;
 use crate::engine::{Cf, Engine};
@@ -26,8 +30,8 @@ use crate::Member;
 
 /// An answer to send once the pass's apply batch is written.
 pub(super) enum Answer<S: StateMachine> {
-    /// A command's response.
-    Cmd(super::api::Callback<S::Response>, S::Response),
+    /// A command's response, and when its proposal was accepted.
+    Cmd(super::api::Callback<Timed<S::Response>>, S::Response, Instant),
     /// A completed membership change.
     Conf(super::api::Callback<S::Group>, S::Group),
     /// A refusal (superseded proposal, refused membership change).
@@ -35,11 +39,15 @@ pub(super) enum Answer<S: StateMachine> {
 }
 
 impl<S: StateMachine> Answer<S> {
-    /// Sends the answer.
-    pub fn send(self) {
+    /// Sends the answer: the pass saw the entry committed at `committed`
+    /// and wrote its apply batch at `done`. A command's propose → commit
+    /// time is observed (answers exist on the proposing leader only).
+    pub fn send(self, committed: Instant, done: Instant, propose_commit: &Histogram) {
         match self {
-            Answer::Cmd(cb, r) => {
-                let _ = cb.send(Ok(r));
+            Answer::Cmd(cb, r, accepted) => {
+                propose_commit.observe(committed.saturating_duration_since(accepted).as_secs_f64());
+                let timings = Timings { accepted, committed: Some(committed), done };
+                let _ = cb.send(Ok(Timed { value: r, timings }));
             }
             Answer::Conf(cb, g) => {
                 let _ = cb.send(Ok(g));
@@ -53,7 +61,7 @@ impl<S: StateMachine> Answer<S> {
     pub fn abandon(self) {
         let e = || Error::Ambiguous("replica failed while applying".into());
         match self {
-            Answer::Cmd(cb, _) => {
+            Answer::Cmd(cb, _, _) => {
                 let _ = cb.send(Err(e()));
             }
             Answer::Conf(cb, _) => {
@@ -108,7 +116,7 @@ pub(super) fn apply_entries<S: StateMachine>(
                 if e.data.is_empty() {
                     // A new leader's empty entry, or one raft-rs put in place
                     // of a refused proposal: whoever waited for it is told so.
-                    if let Some(w) = waiter {
+                    if let Some((w, _)) = waiter {
                         answers.push(Answer::Fail(w, Error::Retryable("proposal replaced by raft-rs".into())));
                     }
                     continue;
@@ -123,7 +131,7 @@ pub(super) fn apply_entries<S: StateMachine>(
                         match applied {
                             Ok(resp) => resp,
                             Err(err) => {
-                                if let Some(w) = waiter {
+                                if let Some((w, _)) = waiter {
                                     answers.push(Answer::Fail(w, Error::Ambiguous(err.to_string())));
                                 }
                                 return Err(err);
@@ -132,8 +140,8 @@ pub(super) fn apply_entries<S: StateMachine>(
                     }
                     Err(err) => r.sm.undecodable(err.to_string()),
                 };
-                if let Some(Waiter::Cmd(cb)) = waiter {
-                    answers.push(Answer::Cmd(cb, resp));
+                if let Some((Waiter::Cmd(cb), accepted)) = waiter {
+                    answers.push(Answer::Cmd(cb, resp, accepted));
                 }
                 if let Some(split) = split {
                     r.group = split.narrowed;
@@ -150,7 +158,7 @@ pub(super) fn apply_entries<S: StateMachine>(
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                 match apply_conf_change(engine, r, &e, &mut batch.wb) {
                     Ok(()) => {
-                        if let Some(Waiter::Conf(cb)) = waiter {
+                        if let Some((Waiter::Conf(cb), _)) = waiter {
                             r.joint_waiters.push(cb);
                         }
                         if r.raw.store().conf_state().voters_outgoing.is_empty() {
@@ -161,7 +169,7 @@ pub(super) fn apply_entries<S: StateMachine>(
                     }
                     Err(refused) => {
                         tracing::warn!(group = r.id(), index = e.index, "membership change not applied: {refused}");
-                        if let Some(w) = waiter {
+                        if let Some((w, _)) = waiter {
                             answers.push(Answer::Fail(w, refused));
                         }
                     }
@@ -181,20 +189,21 @@ fn write_replica_state<S: StateMachine>(engine: &Engine, r: &Replica<S>, wb: &mu
     engine.put_cf(wb, Cf::Meta, &keys::replica_state_key(r.id()), &st.encode_to_vec());
 }
 
-/// The waiter of the proposal at (index, term); superseded ones are answered.
+/// The waiter of the proposal at (index, term) and when it was accepted;
+/// superseded ones are answered.
 fn take_waiter<S: StateMachine>(
     r: &mut Replica<S>,
     index: u64,
     term: u64,
     answers: &mut Vec<Answer<S>>,
-) -> Option<Waiter<S>> {
+) -> Option<(Waiter<S>, Instant)> {
     while let Some(p) = r.proposals.front() {
         if p.index > index {
             return None;
         }
         let p = r.proposals.pop_front()?;
         if p.index == index && p.term == term {
-            return p.waiter;
+            return p.waiter.map(|w| (w, p.accepted));
         }
         // Another entry was committed at this index: ours is gone for good.
         if let Some(w) = p.waiter {

@@ -54,7 +54,7 @@ use ringkv_proto::engine::Tombstone;
 
 pub use api::{
     Callback, LoopHandle, LoopRequest, MemberChange, MemberChangeKind, ReadMode, ReplicaCondition, ReplicaStatus,
-    Transport, ANSWER_GRACE,
+    Timed, Timings, Transport, ANSWER_GRACE,
 };
 
 use crate::config::RaftConfig;

@@ -2,6 +2,7 @@
 //! The order is what makes it safe; see the module doc of `raft_loop`.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use prost::Message as _;
 use raft::prelude::{Message as RaftMsg, MessageType};
@@ -122,6 +123,9 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             self.metrics.raft_fsyncs.inc();
             self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
         }
+        // Entries this pass applies count as committed from here: their
+        // commit is durable and known. One instant for all of them.
+        let committed_at = Instant::now();
         self.flush(std::mem::take(&mut out));
         for (id, index, st) in installs {
             self.start_install(id, index, st);
@@ -132,6 +136,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let mut answers: Vec<Answer<S>> = Vec::new();
         let mut applied = Vec::new();
         let mut children = Vec::new();
+        let mut replicas_applying = 0;
         let mut readies: HashMap<u64, raft::Ready> = readies.into_iter().collect();
         for id in &dirty {
             let Some(r) = self.replicas.get_mut(id) else { continue };
@@ -174,6 +179,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                         maybe_compact(r, &mut batch.wb, &self.cfg.raft);
                     }
                     self.metrics.count_apply_bytes(batch.take_put_bytes());
+                    replicas_applying += 1;
                     batches.push(batch.take());
                     answers.append(&mut mine);
                     applied.push(*id);
@@ -192,13 +198,20 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 panic!("writing applied entries: {e}");
             }
         }
+        let applied_at = Instant::now();
+        let commit_apply = applied_at.saturating_duration_since(committed_at).as_secs_f64();
+        for _ in 0..replicas_applying {
+            self.metrics.commit_apply_duration.observe(commit_apply);
+        }
         self.open_split_children(children);
         self.flush(out);
-        answers.into_iter().for_each(Answer::send);
+        for a in answers {
+            a.send(committed_at, applied_at, &self.metrics.propose_commit_duration);
+        }
         for id in applied {
             let Some(r) = self.replicas.get_mut(&id) else { continue };
             r.raw.advance_apply();
-            r.reads.serve(r.raw.store().applied_index(), &r.group);
+            r.reads.serve(r.raw.store().applied_index(), &r.group, applied_at, &self.metrics.read_index_duration);
             if r.removed {
                 self.destroy_replica(id);
             }

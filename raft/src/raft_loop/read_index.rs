@@ -10,9 +10,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use prometheus::Histogram;
 use raft::{RawNode, ReadState};
 
-use super::api::Callback;
+use super::api::{Callback, Timed, Timings};
 use crate::error::Error;
 use crate::storage::RaftStorage;
 
@@ -28,11 +29,13 @@ fn request_ctx(replica_id: u64, ctx: u64) -> Vec<u8> {
 
 /// One waiting read.
 pub(super) struct ReadWaiter<G> {
-    pub cb: Callback<G>,
+    pub cb: Callback<Timed<G>>,
     /// Linearizable-on-leader reads fail when leadership is lost before the
     /// index is confirmed; follower reads keep waiting.
     pub leader_only: bool,
     pub deadline: Instant,
+    /// When the loop took the read from its inbox.
+    pub accepted: Instant,
 }
 
 /// The ReadIndex requests of one replica.
@@ -42,8 +45,8 @@ pub(super) struct Reads<G> {
     batch: Vec<ReadWaiter<G>>,
     /// Asked, waiting for their ReadState: ctx -> (waiters, tick asked).
     issued: HashMap<u64, (Vec<ReadWaiter<G>>, u64)>,
-    /// Index confirmed, waiting for apply to reach it.
-    confirmed: VecDeque<(u64, Vec<ReadWaiter<G>>)>,
+    /// Index confirmed (at the instant), waiting for apply to reach it.
+    confirmed: VecDeque<(u64, Instant, Vec<ReadWaiter<G>>)>,
 }
 
 impl<G> Default for Reads<G> {
@@ -73,20 +76,28 @@ impl<G: Clone> Reads<G> {
 
     /// Takes raft-rs's answers.
     pub fn confirm(&mut self, states: Vec<ReadState>) {
+        if states.is_empty() {
+            return;
+        }
+        // One instant for every read this Ready confirms.
+        let now = Instant::now();
         for rs in states {
             let ctx = rs.request_ctx.get(8..).and_then(|c| c.try_into().ok()).map_or(u64::MAX, u64::from_be_bytes);
             if let Some((w, _)) = self.issued.remove(&ctx) {
-                self.confirmed.push_back((rs.index, w));
+                self.confirmed.push_back((rs.index, now, w));
             }
         }
     }
 
-    /// Serves every confirmed read whose index is applied.
-    pub fn serve(&mut self, applied: u64, group: &G) {
-        while self.confirmed.front().is_some_and(|(idx, _)| *idx <= applied) {
-            let Some((_, waiters)) = self.confirmed.pop_front() else { break };
+    /// Serves every confirmed read whose index is applied, as of `now`
+    /// (the pass's instant), observing each one's wait in `waited`.
+    pub fn serve(&mut self, applied: u64, group: &G, now: Instant, waited: &Histogram) {
+        while self.confirmed.front().is_some_and(|(idx, _, _)| *idx <= applied) {
+            let Some((_, committed, waiters)) = self.confirmed.pop_front() else { break };
             for w in waiters {
-                let _ = w.cb.send(Ok(group.clone()));
+                waited.observe(now.saturating_duration_since(w.accepted).as_secs_f64());
+                let timings = Timings { accepted: w.accepted, committed: Some(committed), done: now };
+                let _ = w.cb.send(Ok(Timed { value: group.clone(), timings }));
             }
         }
     }
@@ -119,7 +130,7 @@ impl<G: Clone> Reads<G> {
             expire(w);
             !w.is_empty()
         });
-        for (_, w) in self.confirmed.iter_mut() {
+        for (_, _, w) in self.confirmed.iter_mut() {
             expire(w);
         }
         asked
@@ -143,7 +154,7 @@ impl<G: Clone> Reads<G> {
     /// Answers every waiting read with `err()`.
     pub fn fail_all(&mut self, err: impl Fn() -> Error) {
         let issued = self.issued.drain().flat_map(|(_, (w, _))| w);
-        let confirmed = self.confirmed.drain(..).flat_map(|(_, w)| w);
+        let confirmed = self.confirmed.drain(..).flat_map(|(_, _, w)| w);
         for w in self.batch.drain(..).chain(issued).chain(confirmed) {
             let _ = w.cb.send(Err(err()));
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use raft::{RawNode, StateRole};
 
-use super::api::Callback;
+use super::api::{Callback, Timed};
 use super::read_index::Reads;
 use crate::error::Error;
 use crate::snapshot::SnapshotSlot;
@@ -23,12 +23,15 @@ pub(super) struct Proposal<S: StateMachine> {
     /// Taken when the caller is answered early (deadline, step-down).
     pub waiter: Option<Waiter<S>>,
     pub deadline: Instant,
+    /// When the loop took the proposal from its inbox.
+    pub accepted: Instant,
 }
 
 /// Who waits for a proposal.
 pub(super) enum Waiter<S: StateMachine> {
-    /// A command: answered with the state machine's response.
-    Cmd(Callback<S::Response>),
+    /// A command: answered with the state machine's response and when each
+    /// step of it happened.
+    Cmd(Callback<Timed<S::Response>>),
     /// A membership change: answered with the group once the change is
     /// complete (joint state left).
     Conf(Callback<S::Group>),

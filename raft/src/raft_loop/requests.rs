@@ -11,7 +11,7 @@ use raft::prelude::{
 use raft::{Changer, StateRole};
 use ringkv_proto::engine::{ConfChangeContext, MemberRole};
 
-use super::api::{Callback, MemberChange, MemberChangeKind, ReadMode, Transport};
+use super::api::{Callback, MemberChange, MemberChangeKind, ReadMode, Timed, Timings, Transport};
 use super::read_index::ReadWaiter;
 use super::replica::{Lifecycle, Proposal, Replica, Waiter};
 use super::RaftLoop;
@@ -100,9 +100,18 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         self.dirty.insert(group_id);
     }
 
-    pub(super) fn propose(&mut self, group_id: u64, cmd: S::Command, deadline: Instant, cb: Callback<S::Response>) {
+    pub(super) fn propose(
+        &mut self,
+        group_id: u64,
+        cmd: S::Command,
+        deadline: Instant,
+        cb: Callback<Timed<S::Response>>,
+    ) {
+        let accepted = Instant::now();
         let res = self.leader(group_id).and_then(|r| {
             if let Some(answer) = S::check_proposal(&r.group, &cmd) {
+                let timings = Timings { accepted, committed: None, done: accepted };
+                let answer = Timed { value: answer, timings };
                 return Ok(Err(answer));
             }
             let data = cmd.encode_to_vec();
@@ -126,7 +135,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 return Err(Error::Retryable("proposal dropped (leader transfer)".into()));
             }
             let term = r.raw.raft.term;
-            r.proposals.push_back(Proposal { index, term, waiter: None, deadline });
+            r.proposals.push_back(Proposal { index, term, waiter: None, deadline, accepted });
             Ok(Ok(()))
         });
         match res {
@@ -151,7 +160,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         }
     }
 
-    pub(super) fn read(&mut self, group_id: u64, mode: ReadMode, deadline: Instant, cb: Callback<S::Group>) {
+    pub(super) fn read(&mut self, group_id: u64, mode: ReadMode, deadline: Instant, cb: Callback<Timed<S::Group>>) {
+        let accepted = Instant::now();
         let r = match self.replica(group_id) {
             Ok(r) => r,
             Err(e) => {
@@ -167,7 +177,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 return;
             }
             ReadMode::Local => {
-                let _ = cb.send(Ok(r.group.clone()));
+                let timings = Timings { accepted, committed: None, done: accepted };
+                let _ = cb.send(Ok(Timed { value: r.group.clone(), timings }));
                 return;
             }
             ReadMode::Leader => true,
@@ -178,7 +189,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             let _ = cb.send(Err(self.not_leader(r)));
             return;
         }
-        r.reads.push(ReadWaiter { cb, leader_only, deadline });
+        r.reads.push(ReadWaiter { cb, leader_only, deadline, accepted });
         self.dirty.insert(group_id);
     }
 
@@ -193,7 +204,8 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         match self.propose_member_change(group_id, expect, changes) {
             Ok((index, term)) => {
                 let r = self.replicas.get_mut(&group_id).expect("just proposed to it");
-                r.proposals.push_back(Proposal { index, term, waiter: Some(Waiter::Conf(cb)), deadline });
+                let accepted = Instant::now();
+                r.proposals.push_back(Proposal { index, term, waiter: Some(Waiter::Conf(cb)), deadline, accepted });
                 self.dirty.insert(group_id);
             }
             Err(e) => {

@@ -175,9 +175,9 @@ impl Transport for SimTransport {
 
 /// An answer someone is waiting for.
 enum Rx {
-    Cmd(oneshot::Receiver<Result<TestResponse>>),
+    Cmd(oneshot::Receiver<Result<Timed<TestResponse>>>),
     /// A read: once answered, `key` is read from the node's engine.
-    Read(oneshot::Receiver<Result<TestGroup>>, String),
+    Read(oneshot::Receiver<Result<Timed<TestGroup>>>, String),
     Conf(oneshot::Receiver<Result<TestGroup>>),
     Unit(oneshot::Receiver<Result<()>>),
 }
@@ -529,7 +529,7 @@ impl Cluster {
         let pending = std::mem::take(&mut self.pending);
         for mut p in pending {
             let answer = match &mut p.rx {
-                Rx::Cmd(rx) => rx.try_recv().map(|r| match r {
+                Rx::Cmd(rx) => rx.try_recv().map(|r| match r.map(|t| t.value) {
                     Ok(TestResponse::Applied(prev)) => format!("applied prev={}", fmt_value(prev)),
                     Ok(other) => format!("{other:?}"),
                     Err(e) => fmt_err(&e),

@@ -87,7 +87,7 @@ fn one_fsync_per_pass_for_all_replicas() {
     // Single voters commit on their own persist: every proposal is answered.
     for mut rx in answers {
         let r = rx.try_recv().expect("answered in the same pass").expect("applied");
-        assert_eq!(r, TestResponse::Applied(None));
+        assert_eq!(r.value, TestResponse::Applied(None));
     }
 }
 
@@ -122,7 +122,7 @@ fn propose(
     group_id: u64,
     cmd: TestCommand,
     deadline: Instant,
-) -> oneshot::Receiver<Result<TestResponse>> {
+) -> oneshot::Receiver<Result<Timed<TestResponse>>> {
     let (tx, rx) = oneshot::channel();
     lp.handle(LoopRequest::Propose { group_id, cmd, deadline, cb: tx });
     rx
@@ -189,7 +189,7 @@ fn a_committed_membership_change_raft_refuses_is_a_no_op_not_a_panic() {
     for id in [1, 2] {
         let mut rx = propose(&mut lp, id, put("k"), later());
         lp.run_pass();
-        assert!(matches!(rx.try_recv().unwrap(), Ok(TestResponse::Applied(None))));
+        assert!(matches!(rx.try_recv().unwrap().map(|t| t.value), Ok(TestResponse::Applied(None))));
     }
 }
 
@@ -270,7 +270,10 @@ fn a_replica_whose_apply_fails_is_fenced_off_and_the_node_serves_on() {
     let mut bad = propose(&mut lp, 1, TestCommand { fail: true, ..put("b") }, later());
     let mut other = propose(&mut lp, 2, put("c"), later());
     lp.run_pass();
-    assert!(matches!(other.try_recv().unwrap(), Ok(TestResponse::Applied(None))), "the other group applied");
+    assert!(
+        matches!(other.try_recv().unwrap().map(|t| t.value), Ok(TestResponse::Applied(None))),
+        "the other group applied"
+    );
     assert!(matches!(ok.try_recv().unwrap(), Err(Error::Ambiguous(_))), "its pass was not written");
     assert!(matches!(bad.try_recv().unwrap(), Err(Error::Ambiguous(_))));
     assert_eq!(metrics.replicas_failed.get(), 1);
@@ -427,4 +430,47 @@ fn the_leader_keeps_the_log_a_follower_receiving_a_snapshot_will_need() {
     lp.run_pass();
     assert!(rx.try_recv().unwrap().is_ok());
     assert!(lp.replicas[&1].raw.store().truncated_index() > snapshot_at, "compaction goes on");
+}
+
+/// A proposal's answer says when the loop accepted it, saw it committed and
+/// applied it, in that order, and the engine's histograms saw it; so does a
+/// linearizable read's (accepted, index confirmed, ready).
+#[test]
+fn answers_carry_their_timings_in_order_and_the_histograms_count_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut lp, metrics) = new_loop(dir.path());
+    create(&mut lp, single_voter(1), 10, true).unwrap();
+    elect(&mut lp, &[1]);
+    let (pc, ca) =
+        (metrics.propose_commit_duration.get_sample_count(), metrics.commit_apply_duration.get_sample_count());
+    let before = Instant::now();
+    let mut rx = propose(&mut lp, 1, put("k"), later());
+    lp.run_pass();
+    let after = Instant::now();
+    let answer = rx.try_recv().expect("answered in the same pass").expect("applied");
+    assert_eq!(answer.value, TestResponse::Applied(None));
+    let t = answer.timings;
+    let committed = t.committed.expect("a proposal has a commit step");
+    assert!(before <= t.accepted && t.accepted <= committed && committed <= t.done && t.done <= after, "{t:?}");
+    assert_eq!(t.to_commit() + t.to_done(), t.done - t.accepted);
+    assert_eq!(metrics.propose_commit_duration.get_sample_count(), pc + 1);
+    assert_eq!(metrics.commit_apply_duration.get_sample_count(), ca + 1);
+
+    let reads = metrics.read_index_duration.get_sample_count();
+    let (tx, mut read) = oneshot::channel();
+    lp.handle(LoopRequest::Read { group_id: 1, mode: ReadMode::Leader, deadline: later(), cb: tx });
+    // A single voter confirms its read index without a round trip; a few
+    // passes leave room for raft-rs to hand it over in a later Ready.
+    for _ in 0..3 {
+        lp.run_pass();
+    }
+    let t = read.try_recv().expect("a single voter confirms its read index at once").expect("readable").timings;
+    let confirmed = t.committed.expect("a linearizable read has a confirmation step");
+    assert!(t.accepted <= confirmed && confirmed <= t.done, "{t:?}");
+    assert_eq!(metrics.read_index_duration.get_sample_count(), reads + 1);
+
+    let (tx, mut local) = oneshot::channel();
+    lp.handle(LoopRequest::Read { group_id: 1, mode: ReadMode::Local, deadline: later(), cb: tx });
+    let t = local.try_recv().expect("a local read is answered at once").expect("readable").timings;
+    assert_eq!((t.committed, t.done), (None, t.accepted), "a local read has no confirmation step");
 }

@@ -112,7 +112,7 @@ impl AdminService {
         };
         let deadline = std::time::Instant::now() + self.timeout;
         let res = self.loop_handle.call(|cb| LoopRequest::Propose { group_id, cmd, deadline, cb }).await?;
-        match into_result(res)? {
+        match into_result(res.value)? {
             CmdResult::Split(r) => Ok(SplitShardResponse { left: r.left, right: r.right }),
             other => Err(Error::Corrupt(format!("a split answered {other:?}"))),
         }

@@ -1,10 +1,22 @@
 //! The ShardKv gRPC service: validates a request, hands it to the Raft loop
 //! (a proposal for writes, a ReadIndex for reads) and answers once it is
 //! applied or safe to read. Reads of RocksDB run on the blocking pool.
+//!
+//! Each call runs in a `shardkv` span carrying the router's request id
+//! (metadata `ringkv-request-id`), and times its hops: the wait in the Raft
+//! loop's inbox (`queue`), propose → commit (`commit`), commit → apply
+//! (`apply`), or for reads the read index (`read_index`) and the read itself
+//! (`read`). They go back to the router in the `ringkv-timing` response
+//! metadata, and a call slower than `slow_request_ms` is logged once.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use ringkv_common::trace::{self, REQUEST_ID_HEADER, TIMING_HEADER};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tracing::Instrument;
 
 use ringkv_proto::kv::shard_kv_server::ShardKv;
 use ringkv_proto::kv::{
@@ -17,7 +29,7 @@ use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as C
 use tonic::{Request, Response, Status};
 
 use ringkv_raft::engine::{Cf, Engine};
-use ringkv_raft::{LoopHandle, LoopRequest, ReadMode};
+use ringkv_raft::{LoopHandle, LoopRequest, ReadMode, Timings};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
@@ -43,6 +55,52 @@ pub struct KvService {
     unsafe_local_reads: bool,
     /// Requests served per shard, for load-based splits.
     load: Arc<ShardLoad>,
+    /// Calls slower than this are logged once with their hops.
+    slow_request: Duration,
+}
+
+/// One ShardKv call being served: what it is known by, and its hops in the
+/// order they happened (a few per call, so a short-held lock suffices).
+struct Call {
+    method: &'static str,
+    request_id: String,
+    shard: u64,
+    hops: Mutex<Vec<(&'static str, Duration)>>,
+}
+
+impl Call {
+    /// The call's identity: the router's request id from the metadata, else
+    /// the de-dup id of the context (hex) for callers that send no metadata.
+    fn new(method: &'static str, meta: &MetadataMap, ctx: Option<&RequestContext>) -> Call {
+        let sent = meta.get(REQUEST_ID_HEADER).map(|v| v.as_bytes()).filter(|v| trace::valid_request_id(v));
+        let request_id = match (sent, ctx) {
+            (Some(id), _) => String::from_utf8_lossy(id).into_owned(),
+            (None, Some(c)) if !c.request_id.is_empty() => {
+                c.request_id.iter().take(trace::MAX_REQUEST_ID_BYTES / 2).map(|b| format!("{b:02x}")).collect()
+            }
+            _ => "-".to_string(),
+        };
+        Call { method, request_id, shard: ctx.map_or(0, |c| c.shard_id), hops: Mutex::new(Vec::new()) }
+    }
+
+    fn hop(&self, name: &'static str, d: Duration) {
+        self.hops.lock().push((name, d));
+    }
+
+    /// The engine's steps of a request sent to the loop at `sent`: the
+    /// inbox wait, then commit and apply (a proposal) or the read index
+    /// (a read; nothing for a local read).
+    fn engine_hops(&self, sent: Instant, t: &Timings, is_write: bool) {
+        self.hop("queue", t.accepted.saturating_duration_since(sent));
+        match (is_write, t.committed.is_some()) {
+            (true, _) => {
+                self.hop("commit", t.to_commit());
+                self.hop("apply", t.to_done());
+            }
+            (false, true) => self.hop("read_index", t.done.saturating_duration_since(t.accepted)),
+            (false, false) => {}
+        }
+    }
 }
 
 /// Set to 1 to turn on the deliberate stale-read bug (see `KvService`).
@@ -61,7 +119,21 @@ impl KvService {
         if unsafe_local_reads {
             tracing::error!("{UNSAFE_LOCAL_READS_ENV}=1: linearizable reads are served locally (deliberately unsafe)");
         }
-        KvService { loop_handle, engine, limits, metrics, unsafe_local_reads, load }
+        KvService {
+            loop_handle,
+            engine,
+            limits,
+            metrics,
+            unsafe_local_reads,
+            load,
+            slow_request: Duration::from_millis(500),
+        }
+    }
+
+    /// Logs calls slower than `d` (zero: every call) once, with their hops.
+    pub fn with_slow_request(mut self, d: Duration) -> Self {
+        self.slow_request = d;
+        self
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
@@ -113,7 +185,7 @@ impl KvService {
     /// Proposes a write and waits for its result. The loop answers by the
     /// deadline (ambiguous if the entry may still apply); the timeout here
     /// only guards against a loop that stopped answering.
-    async fn write(&self, ctx: &RequestContext, op: Op) -> Result<CmdResult> {
+    async fn write(&self, ctx: &RequestContext, op: Op, call: &Call) -> Result<CmdResult> {
         if let Some((h, _)) = key_hashes(&op) {
             self.load.record(ctx.shard_id, true, h);
         }
@@ -123,10 +195,15 @@ impl KvService {
             op: Some(op),
         };
         let (group_id, deadline) = (ctx.shard_id, self.deadline(ctx));
-        let call = self.loop_handle.call(|cb| LoopRequest::Propose { group_id, cmd, deadline, cb });
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + ringkv_raft::ANSWER_GRACE, call).await
+        let sent = Instant::now();
+        let answer = self.loop_handle.call(|cb| LoopRequest::Propose { group_id, cmd, deadline, cb });
+        match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + ringkv_raft::ANSWER_GRACE, answer)
+            .await
         {
-            Ok(Ok(r)) => into_result(r),
+            Ok(Ok(r)) => {
+                call.engine_hops(sent, &r.timings, true);
+                into_result(r.value)
+            }
             Ok(Err(ringkv_raft::Error::Stopped)) => {
                 Err(Error::Ambiguous("storenode stopped before the write finished".into()))
             }
@@ -137,7 +214,7 @@ impl KvService {
 
     /// Waits until reading `shard_id` at `consistency` is safe; returns the
     /// shard, refused if it is not the epoch the request was routed with.
-    async fn read_barrier(&self, ctx: &RequestContext, consistency: i32) -> Result<ShardDescriptor> {
+    async fn read_barrier(&self, ctx: &RequestContext, consistency: i32, call: &Call) -> Result<ShardDescriptor> {
         let consistency =
             ReadConsistency::try_from(consistency).map_err(|_| Error::invalid("consistency", "unknown value"))?;
         let mode = match consistency {
@@ -147,12 +224,17 @@ impl KvService {
             ReadConsistency::Stale => ReadMode::Local,
         };
         let (group_id, deadline) = (ctx.shard_id, self.deadline(ctx));
-        let call = self.loop_handle.call(|cb| LoopRequest::Read { group_id, mode, deadline, cb });
+        let sent = Instant::now();
+        let answer = self.loop_handle.call(|cb| LoopRequest::Read { group_id, mode, deadline, cb });
         let shard =
-            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + ringkv_raft::ANSWER_GRACE, call)
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline) + ringkv_raft::ANSWER_GRACE, answer)
                 .await
             {
-                Ok(r) => r.map_err(Error::from)?.0,
+                Ok(r) => {
+                    let r = r.map_err(Error::from)?;
+                    call.engine_hops(sent, &r.timings, false);
+                    r.value.0
+                }
                 Err(_) => return Err(Error::Retryable("timed out waiting for a read index".into())),
             };
         if let Some(e) = &ctx.epoch {
@@ -163,7 +245,7 @@ impl KvService {
         Ok(shard)
     }
 
-    async fn read_keys(&self, shard: ShardDescriptor, keys_: Vec<Vec<u8>>) -> Result<Vec<GetResult>> {
+    async fn read_keys(&self, shard: ShardDescriptor, keys_: Vec<Vec<u8>>, call: &Call) -> Result<Vec<GetResult>> {
         for k in &keys_ {
             if !keys::in_range(keys::key_hash(k), shard.start, shard.end) {
                 return Err(Error::KeyNotInShard { key: k.clone(), shard: Box::new(shard) });
@@ -173,7 +255,8 @@ impl KvService {
             self.load.record(shard.id, false, keys::key_hash(k));
         }
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let read = tokio::task::spawn_blocking(move || {
             keys_
                 .into_iter()
                 .map(|key| {
@@ -185,8 +268,9 @@ impl KvService {
                 })
                 .collect::<Result<Vec<_>>>()
         })
-        .await
-        .map_err(|e| Error::Corrupt(format!("read task: {e}")))?
+        .await;
+        call.hop("read", start.elapsed());
+        read.map_err(|e| Error::Corrupt(format!("read task: {e}")))?
     }
 
     /// Up to `limit` pairs of `shard` whose keys start with `prefix`, in
@@ -198,6 +282,7 @@ impl KvService {
         prefix: Vec<u8>,
         after: Option<Vec<u8>>,
         limit: usize,
+        call: &Call,
     ) -> Result<(Vec<KvPair>, bool)> {
         let (shard_lo, shard_hi) = keys::data_range(shard.start, shard.end);
         // A complete hash tag in the prefix narrows the scan to one hash.
@@ -223,7 +308,8 @@ impl KvService {
             lo = lo.max(start);
         }
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let read = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             if lo >= hi {
                 return Ok((out, false));
@@ -242,14 +328,21 @@ impl KvService {
             it.status()?;
             Ok((out, false))
         })
-        .await
-        .map_err(|e| Error::Corrupt(format!("scan task: {e}")))?
+        .await;
+        call.hop("read", start.elapsed());
+        read.map_err(|e| Error::Corrupt(format!("scan task: {e}")))?
     }
 
-    async fn observe<T>(&self, method: &str, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
+    /// Runs one call in its span; counts it, answers with its hops in the
+    /// `ringkv-timing` metadata (on errors too), and logs it once if slow.
+    async fn observe<T>(&self, call: &Call, f: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
+        let span =
+            tracing::info_span!("shardkv", request_id = %call.request_id, method = call.method, shard = call.shard);
         let start = Instant::now();
-        let res = f.await;
-        self.metrics.request_duration.with_label_values(&[method]).observe(start.elapsed().as_secs_f64());
+        let res = f.instrument(span.clone()).await;
+        let total = start.elapsed();
+        let method = call.method;
+        self.metrics.request_duration.with_label_values(&[method]).observe(total.as_secs_f64());
         let outcome = match &res {
             Ok(_) => "ok",
             Err(Error::NotLeader { .. }) => "not_leader",
@@ -259,7 +352,42 @@ impl KvService {
             Err(_) => "error",
         };
         self.metrics.requests.with_label_values(&[method, outcome]).inc();
-        res.map(Response::new).map_err(Status::from)
+        let mut hops = std::mem::take(&mut *call.hops.lock());
+        hops.push(("total", total));
+        let timing = trace::format_timing(hops.iter().map(|(n, d)| (*n, *d)));
+        if total >= self.slow_request {
+            self.metrics.slow_requests.with_label_values(&[method]).inc();
+            span.in_scope(|| {
+                tracing::warn!(
+                    request_id = %call.request_id,
+                    method,
+                    shard = call.shard,
+                    outcome,
+                    total_ms = total.as_secs_f64() * 1000.0,
+                    hops = %timing,
+                    "slow request"
+                )
+            });
+        }
+        // The header is ASCII by construction; were it not, the router
+        // would only miss the hops.
+        let value = MetadataValue::try_from(timing.as_str()).ok();
+        match res {
+            Ok(r) => {
+                let mut resp = Response::new(r);
+                if let Some(v) = value {
+                    resp.metadata_mut().insert(TIMING_HEADER, v);
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                let mut status = Status::from(e);
+                if let Some(v) = value {
+                    status.metadata_mut().insert(TIMING_HEADER, v);
+                }
+                Err(status)
+            }
+        }
     }
 }
 
@@ -270,12 +398,13 @@ fn unexpected(r: CmdResult) -> Error {
 #[tonic::async_trait]
 impl ShardKv for KvService {
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let call = Call::new("get", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("get", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?;
             self.check_key(&req.key)?;
-            let shard = self.read_barrier(ctx, req.consistency).await?;
-            let mut r = self.read_keys(shard, vec![req.key]).await?;
+            let shard = self.read_barrier(ctx, req.consistency, &call).await?;
+            let mut r = self.read_keys(shard, vec![req.key], &call).await?;
             let r = r.pop().ok_or_else(|| Error::Corrupt("no read result".into()))?;
             Ok(GetResponse { found: r.found, value: r.value })
         })
@@ -283,12 +412,13 @@ impl ShardKv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let call = Call::new("put", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("put", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?.clone();
             self.check_key(&req.key)?;
             self.check_value(&req.value)?;
-            match self.write(&ctx, Op::Put(req)).await? {
+            match self.write(&ctx, Op::Put(req), &call).await? {
                 CmdResult::Put(r) => Ok(r),
                 other => Err(unexpected(other)),
             }
@@ -297,11 +427,12 @@ impl ShardKv for KvService {
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let call = Call::new("delete", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("delete", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?.clone();
             self.check_key(&req.key)?;
-            match self.write(&ctx, Op::Delete(req)).await? {
+            match self.write(&ctx, Op::Delete(req), &call).await? {
                 CmdResult::Delete(r) => Ok(r),
                 other => Err(unexpected(other)),
             }
@@ -314,8 +445,9 @@ impl ShardKv for KvService {
         req: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
         use ringkv_proto::kv::compare_and_swap_request::{Expected, New};
+        let call = Call::new("cas", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("cas", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?.clone();
             self.check_key(&req.key)?;
             match &req.expected {
@@ -328,7 +460,7 @@ impl ShardKv for KvService {
                 Some(New::Delete(true)) => {}
                 _ => return Err(Error::invalid("new", "set new_value or delete=true")),
             }
-            match self.write(&ctx, Op::Cas(req)).await? {
+            match self.write(&ctx, Op::Cas(req), &call).await? {
                 CmdResult::Cas(r) => Ok(r),
                 other => Err(unexpected(other)),
             }
@@ -337,29 +469,31 @@ impl ShardKv for KvService {
     }
 
     async fn batch_get(&self, req: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let call = Call::new("batch_get", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("batch_get", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?;
             self.check_count(req.keys.len())?;
             for k in &req.keys {
                 self.check_key(k)?;
             }
-            let shard = self.read_barrier(ctx, req.consistency).await?;
-            Ok(BatchGetResponse { results: self.read_keys(shard, req.keys).await? })
+            let shard = self.read_barrier(ctx, req.consistency, &call).await?;
+            Ok(BatchGetResponse { results: self.read_keys(shard, req.keys, &call).await? })
         })
         .await
     }
 
     async fn batch_put(&self, req: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
+        let call = Call::new("batch_put", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("batch_put", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?.clone();
             self.check_count(req.pairs.len())?;
             for p in &req.pairs {
                 self.check_key(&p.key)?;
                 self.check_value(&p.value)?;
             }
-            match self.write(&ctx, Op::BatchPut(req)).await? {
+            match self.write(&ctx, Op::BatchPut(req), &call).await? {
                 CmdResult::BatchPut(r) => Ok(r),
                 other => Err(unexpected(other)),
             }
@@ -369,8 +503,9 @@ impl ShardKv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         use ringkv_proto::kv::{compare::Expected, mutation};
+        let call = Call::new("txn", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("txn", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?.clone();
             self.check_count(req.compares.len() + req.mutations.len())?;
             for c in &req.compares {
@@ -389,7 +524,7 @@ impl ShardKv for KvService {
                     _ => return Err(Error::invalid("mutations.op", "set put or delete=true")),
                 }
             }
-            match self.write(&ctx, Op::Txn(req)).await? {
+            match self.write(&ctx, Op::Txn(req), &call).await? {
                 CmdResult::Txn(r) => Ok(r),
                 other => Err(unexpected(other)),
             }
@@ -398,8 +533,9 @@ impl ShardKv for KvService {
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let call = Call::new("scan", req.metadata(), req.get_ref().context.as_ref());
         let req = req.into_inner();
-        self.observe("scan", async {
+        self.observe(&call, async {
             let ctx = Self::context(&req.context)?;
             if req.prefix.len() > self.limits.max_key_bytes {
                 return Err(Error::invalid("prefix", format!("longer than {} bytes", self.limits.max_key_bytes)));
@@ -408,9 +544,9 @@ impl ShardKv for KvService {
                 self.check_key(&req.after_key)?;
             }
             let limit = (req.limit as usize).clamp(1, MAX_SCAN_LIMIT);
-            let shard = self.read_barrier(ctx, req.consistency).await?;
+            let shard = self.read_barrier(ctx, req.consistency, &call).await?;
             let after = req.has_after_key.then_some(req.after_key);
-            let (pairs, more) = self.scan_shard(shard, req.prefix, after, limit).await?;
+            let (pairs, more) = self.scan_shard(shard, req.prefix, after, limit, &call).await?;
             Ok(ScanResponse { pairs, more })
         })
         .await

@@ -43,6 +43,27 @@ pub struct ScaleOutArgs {
     /// this many seconds (it is then stopped).
     #[arg(long, default_value_t = 60)]
     ready_timeout_secs: u64,
+    /// Passed on to the new storenodes (as the playground's own start does;
+    /// a scale-out does not know what the start was given).
+    #[arg(long, value_enum)]
+    log_format: Option<crate::cmd::LogFormat>,
+    /// Passed on to the new storenodes.
+    #[arg(long)]
+    slow_request_ms: Option<u64>,
+}
+
+impl ScaleOutArgs {
+    /// The flags the new storenodes get on top of the playground's.
+    fn passed_on(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(f) = self.log_format {
+            args.extend(["--log-format".to_string(), f.as_str().to_string()]);
+        }
+        if let Some(ms) = self.slow_request_ms {
+            args.extend(["--slow-request-ms".to_string(), ms.to_string()]);
+        }
+        args
+    }
 }
 
 /// `ringkv playground scale-in`.
@@ -103,6 +124,7 @@ pub async fn scale_out(a: ScaleOutArgs) -> anyhow::Result<()> {
     if a.storenodes == 0 || a.storenodes > 50 {
         bail!("--storenodes must be 1..=50");
     }
+    let passed_on = a.passed_on();
     let dir = a.dir;
     let recorded = file::read(&dir)?;
     let pc = placement(&recorded)?;
@@ -127,7 +149,9 @@ pub async fn scale_out(a: ScaleOutArgs) -> anyhow::Result<()> {
             let grpc = picker.pick(&format!("storenode {id} gRPC"), None)?.port;
             let http = picker.pick(&format!("storenode {id} HTTP"), None)?.port;
             let mut info = storenode_info(&dir, id, grpc, http);
-            let mut cmd = command(&info, &storenode_args(&info, &placement_addrs))?;
+            let mut args = storenode_args(&info, &placement_addrs);
+            args.extend(passed_on.iter().cloned());
+            let mut cmd = command(&info, &args)?;
             // A process group of its own: it outlives this command, and a
             // Ctrl-C typed here does not reach it.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
