@@ -654,7 +654,7 @@ fn the_docs_commands_marked_for_a_playground_run_against_one() {
             .args(["-euo", "pipefail", "-c", block])
             .env("PATH", &path)
             .env("RINGKV_ROUTER", router["grpc"].as_str().expect("grpc"))
-            .env("RINGKV_HTTP", router["http"].as_str().expect("http"))
+            .env("RINGKV_ROUTER_HTTP", router["http"].as_str().expect("http"))
             .env("RINGKV_PLACEMENT", pg.addr("placement"))
             .env("RINGKV_PLAYGROUND_DIR", &pg.dir)
             .stdin(Stdio::null())

@@ -14,70 +14,70 @@ use ringkv_raft::RaftConfig;
 #[serde(default, deny_unknown_fields)]
 pub struct Args {
     /// TOML file with any of these settings (keys in snake_case).
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Log lines as `text` or `json` (one object per line). Default text.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "RINGKV_LOG_FORMAT")]
     #[serde(skip)]
     pub log_format: Option<super::LogFormat>,
     /// This member's id (1, 2, 3…). Default 1.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_ID")]
     id: Option<u64>,
     /// gRPC listen address. Default 127.0.0.1:6390.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_LISTEN")]
     listen: Option<SocketAddr>,
     /// HTTP address for /metrics, /healthz, /readyz.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_HTTP")]
     http: Option<SocketAddr>,
     /// Default ringkv-data/placement-ID.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Every member as ID=ADDRESS, this one included (repeatable). Default:
     /// a single member at --listen.
-    #[arg(long = "member")]
+    #[arg(long = "member", env = "RINGKV_MEMBER", value_delimiter = ',')]
     #[serde(rename = "members")]
     members: Vec<String>,
     /// Replicas per shard, and storenodes needed before the first shards exist. Default 3.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_REPLICATION_FACTOR")]
     replication_factor: Option<usize>,
     /// Shards created when the cluster bootstraps. Default 16.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_INITIAL_SHARDS")]
     initial_shards: Option<u64>,
     /// Seconds without a heartbeat before a storenode is DOWN for good and its
     /// replicas are replaced elsewhere. Default 300 (it is shown down after
     /// 10, or this when shorter).
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_DOWN_AFTER_SECS")]
     down_after_secs: Option<u64>,
     /// The same for a node in maintenance (planned downtime). Default 1800.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MAINTENANCE_DOWN_AFTER_SECS")]
     maintenance_down_after_secs: Option<u64>,
     /// Replica moves (operators) in flight in the cluster. Default 16.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MAX_OPERATORS")]
     max_operators: Option<usize>,
     /// Moves in flight into or out of one storenode. Default 2.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MAX_OPERATORS_PER_NODE")]
     max_operators_per_node: Option<usize>,
     /// New replicas catching up (receiving a snapshot) on one storenode. Default 1.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MAX_SNAPSHOTS_PER_NODE")]
     max_snapshots_per_node: Option<usize>,
     /// Seconds a new replica may take to catch up before its move rolls back. Default 600.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_CATCH_UP_TIMEOUT_SECS")]
     catch_up_timeout_secs: Option<u64>,
     /// Raft tick in milliseconds. Default 100.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_RAFT_TICK_MS")]
     raft_tick_ms: Option<u64>,
     /// Split a shard whose data passes this size, at its middle (e.g. 128MiB,
     /// 1GiB; 0: never by size). Default 128MiB.
-    #[arg(long, value_parser = super::parse_bytes)]
+    #[arg(long, value_parser = super::parse_bytes, env = "RINGKV_SHARD_MAX_BYTES")]
     shard_max_bytes: Option<u64>,
     /// Split a shard that serves more requests per second than this ...
     /// Default 3000.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_SPLIT_QPS")]
     split_qps: Option<f64>,
     /// ... in this many heartbeats in a row, where its load halves (0: never
     /// by load). Default 10.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_SPLIT_DETECTIONS")]
     split_detections: Option<u32>,
 }
 

@@ -13,32 +13,32 @@ use ringkv_router::{RouterConfig, RouterServer};
 #[serde(default, deny_unknown_fields)]
 pub struct Args {
     /// TOML file with any of these settings (keys in snake_case).
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_CONFIG")]
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Log lines as `text` or `json` (one object per line). Default text.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "RINGKV_LOG_FORMAT")]
     #[serde(skip)]
     pub log_format: Option<super::LogFormat>,
     /// gRPC listen address (the Kv API). Default 127.0.0.1:6380.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_LISTEN")]
     listen: Option<SocketAddr>,
     /// HTTP gateway address (/v1/kv/{key}, /metrics, /healthz). Default 127.0.0.1:8080.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_HTTP")]
     http: Option<SocketAddr>,
     /// Placement members' gRPC addresses, comma-separated. Default 127.0.0.1:6390.
     #[arg(long = "placement", env = "RINGKV_PLACEMENT", value_delimiter = ',')]
     placement: Vec<String>,
     /// Deadline of a request that names none, in milliseconds. Default 5000.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_TIMEOUT_MS")]
     timeout_ms: Option<u64>,
     /// Requests in flight before new ones are shed (gRPC RESOURCE_EXHAUSTED,
     /// HTTP 429). Default 10000.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_MAX_INFLIGHT")]
     max_inflight: Option<usize>,
     /// Log API calls slower than this many milliseconds once, at WARN, with
     /// their request id and every hop (0: every call). Default 500.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_SLOW_REQUEST_MS")]
     slow_request_ms: Option<u64>,
 }
 

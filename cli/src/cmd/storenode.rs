@@ -10,43 +10,47 @@ use ringkv_storenode::{Storenode, StorenodeConfig};
 #[derive(clap::Args)]
 pub struct Args {
     /// TOML config file; flags given on the command line override it.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_CONFIG")]
     config: Option<PathBuf>,
     /// Log lines as `text` or `json` (one object per line). Default text.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "RINGKV_LOG_FORMAT")]
     pub log_format: Option<super::LogFormat>,
     /// Log ShardKv calls slower than this many milliseconds once, at WARN,
     /// with their request id and every hop (0: every call). Default 500.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_SLOW_REQUEST_MS")]
     slow_request_ms: Option<u64>,
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_NODE_ID")]
     node_id: Option<u64>,
     /// gRPC listen address.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_LISTEN")]
     listen: Option<SocketAddr>,
     /// HTTP address for /metrics, /healthz, /readyz.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_HTTP")]
     http: Option<SocketAddr>,
-    #[arg(long)]
+    /// The address other nodes and routers dial (HOST:PORT), when it is not
+    /// the listen address (a wildcard listen, NAT, a container's name).
+    #[arg(long, env = "RINGKV_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(long, env = "RINGKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Another storenode, as ID=ADDRESS (repeatable).
-    #[arg(long = "peer")]
+    #[arg(long = "peer", env = "RINGKV_PEER", value_delimiter = ',')]
     peers: Vec<String>,
     /// A placement member's gRPC address (repeatable).
-    #[arg(long = "placement")]
+    #[arg(long = "placement", env = "RINGKV_PLACEMENT", value_delimiter = ',')]
     placement: Vec<String>,
     /// Zone (failure domain) of this node: replicas of a shard go to different zones.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_ZONE")]
     zone: Option<String>,
     /// Raft tick in milliseconds.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_RAFT_TICK_MS")]
     raft_tick_ms: Option<u64>,
     /// Compact a replica's log past this many applied entries.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_COMPACT_LOG_ENTRIES")]
     compact_log_entries: Option<u64>,
     /// Measure the sizes of the shards this node leads (for size-based
     /// splits) every this many milliseconds. Default 10000.
-    #[arg(long)]
+    #[arg(long, env = "RINGKV_SIZE_CHECK_MS")]
     size_check_ms: Option<u64>,
 }
 
@@ -75,6 +79,10 @@ pub fn config(a: &Args) -> anyhow::Result<StorenodeConfig> {
     }
     if let Some(v) = &a.data_dir {
         cfg.data_dir = v.clone();
+    }
+    if let Some(v) = &a.advertise {
+        ringkv_common::net::check_host_port(v).map_err(|e| anyhow::anyhow!("--advertise {v:?}: {e}"))?;
+        cfg.advertise_addr = Some(v.clone());
     }
     for p in &a.peers {
         cfg.peers.push(parse_peer(p)?);
