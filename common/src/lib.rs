@@ -2,6 +2,7 @@
 //! (the router, the CLI's ops commands) depends on neither the storenode
 //! crate nor RocksDB.
 //!
+//! - [`cluster_view`]: the nodes, shards, operators and health the CLI and the console show.
 //! - [`net`]: outgoing gRPC connections, sent from the process's own address.
 //! - [`placement_client`]: a client of the placement service that finds its leader.
 //! - [`limits`]: request size and time limits a storenode or router enforces.
@@ -14,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 #![warn(missing_docs)]
 
+pub mod cluster_view;
 pub mod hashing;
 pub mod limits;
 pub mod net;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use ringkv_common::cluster_view::is_under_replicated;
 use ringkv_proto::placement::placement_server::Placement;
 use ringkv_proto::placement::{
     placement_command::Op, AdvanceOperator, BlockedShard, CancelOperatorRequest, CancelOperatorResponse,
@@ -443,15 +444,8 @@ impl Placement for PlacementService {
         let st = self.shared.state.read().clone();
         let map = self.map(&st);
         let down: Vec<u64> = map.nodes.iter().filter(|n| n.state == NodeState::Down as i32).map(|n| n.id).collect();
-        let under = map
-            .shards
-            .iter()
-            .filter(|s| {
-                let d = s.shard.as_ref();
-                let voters = d.map_or(0, |d| d.replicas.iter().filter(|r| !down.contains(&r.node_id)).count());
-                s.down_replicas > 0 || voters < self.settings.replication_factor
-            })
-            .count();
+        let under =
+            map.shards.iter().filter(|s| is_under_replicated(s, &down, self.settings.replication_factor)).count();
         let placement = self
             .members
             .iter()

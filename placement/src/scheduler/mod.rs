@@ -14,7 +14,7 @@ pub mod splitter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ringkv_proto::placement::{
@@ -47,10 +47,7 @@ pub struct SchedulerStatus {
     pub notes: HashMap<u64, String>,
 }
 
-/// Milliseconds since the Unix epoch, by this machine's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use ringkv_common::cluster_view::now_ms;
 
 /// The leader-local state of the scheduler.
 struct Scheduler {
