@@ -7,6 +7,7 @@
 //! - [`routing`]: one call to a shard leader, with retries.
 //! - [`service`]: the public `Kv` gRPC service.
 //! - [`http`]: the HTTP/JSON gateway; [`metrics`]: what it counts.
+//! - [`console`]: the web console at `/ui`.
 //! - [`server`]: wires it into a process.
 
 // gRPC `Status` and axum `Response` are large and returned by value, as
@@ -14,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 #![warn(missing_docs)]
 
+pub mod console;
 pub mod http;
 pub mod metrics;
 pub mod routing;

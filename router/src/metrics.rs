@@ -1,5 +1,6 @@
 //! The router's Prometheus metrics: every API call by operation and outcome,
-//! and its latency. Served on the HTTP port at /metrics.
+//! and its latency. Served on the HTTP port at /metrics; every call also
+//! feeds the console's per-second traffic ring.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -43,8 +44,12 @@ pub fn observe<T>(op: &str, start: Instant, r: &Result<T, ApiError>) {
             ErrorCode::Unknown => "error",
         },
     };
+    let took = start.elapsed();
     METRICS.requests.with_label_values(&[op, outcome]).inc();
-    METRICS.duration.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
+    METRICS.duration.with_label_values(&[op]).observe(took.as_secs_f64());
+    // Bad input is the caller's error, not the cluster's: not charted as one.
+    let failed = !matches!(outcome, "ok" | "invalid");
+    crate::console::traffic::TRAFFIC.record(crate::console::traffic::unix_secs(), took, failed);
 }
 
 /// The router's metrics in the Prometheus text format.
