@@ -2,21 +2,22 @@
 //! storenodes, 8 shards, a router): its JSON lists every shard of
 //! placement's map, led, and every storenode; its traffic ring has the
 //! test's own calls; a router whose placement is gone answers a JSON error,
-//! not a panic. Then Debian's `chromium`, headless, loads `/ui` and the
+//! not a panic; `ringkv shard list` and `cluster status` print the same
+//! shards and summary. Then Debian's `chromium`, headless, loads `/ui` and the
 //! test reads the DOM it rendered: one shards-table row per shard with the
 //! right ids, and every storenode in the nodes table. Without `chromium` on
 //! PATH the browser part is skipped, saying so.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, free_addr, try_http, TestCluster};
+use common::{eventually, free_addr, run_cli, try_http, TestCluster};
 use ringkv_common::placement_client::PlacementClient;
 use ringkv_proto::placement::GetShardMapRequest;
 use serde_json::Value;
@@ -87,6 +88,29 @@ async fn the_console_shows_every_shard_and_storenode_in_json_and_in_a_browser() 
         let roles: Vec<&str> =
             s["replicas"].as_array().into_iter().flatten().filter_map(|r| r["role"].as_str()).collect();
         assert_eq!(roles, ["voter"; 3], "shard {s}");
+    }
+
+    // The CLI, asked now, prints the same shards with the same replicas and
+    // health, and the same summary (leaders may move in between: not compared).
+    let placement = cluster.placement.join(",");
+    let env = [("RINGKV_PLACEMENT", placement.as_str())];
+    let (ok, out, err) = run_cli(&["shard", "list", "-o", "json"], &env);
+    assert!(ok, "ringkv shard list: {err}");
+    let cli: Value = serde_json::from_str(&out).expect("shard list JSON");
+    let shape = |shards: &Value| -> BTreeMap<u64, (Value, Value)> {
+        shards
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s["id"].as_u64()?, (s["replicas"].clone(), s["health"].clone()))))
+            .collect()
+    };
+    assert_eq!(shape(&cli), shape(&view["shards"]), "ringkv shard list and the console agree");
+    let (ok, out, err) = run_cli(&["cluster", "status", "-o", "json"], &env);
+    assert!(ok, "ringkv cluster status: {err}");
+    let st: Value = serde_json::from_str(&out).expect("cluster status JSON");
+    for field in ["shards", "nodes_up", "nodes_total", "replication_factor", "bootstrapped"] {
+        assert_eq!(st[field], view["summary"][field], "cluster status {field}");
     }
 
     // The traffic ring has the probes wait_serving sent, once their second closed.
