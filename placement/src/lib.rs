@@ -14,7 +14,6 @@
 //! - [`service`]: the Placement gRPC API.
 //! - [`scheduler`]: the leader's background work: bootstrap, the checkers
 //!   (repair, decommission, balance, leaders) and the operators' driver.
-//! - [`health`]: shard health classes (leaderless, under-replicated, ...).
 //! - [`metrics`]: placement's metrics.
 //! - [`server`]: wires it into a process.
 
@@ -24,7 +23,6 @@
 #![warn(missing_docs)]
 
 pub mod group;
-pub mod health;
 pub mod metrics;
 pub mod operator;
 pub mod ring;

@@ -9,7 +9,7 @@
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use ringkv_common::metrics::{counter_vec, gauge, gauge_vec};
 
-use crate::health::HealthCounts;
+use ringkv_common::shard_health::HealthCounts;
 
 /// The scheduler's metrics.
 pub struct SchedulerMetrics {

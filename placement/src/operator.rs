@@ -24,27 +24,7 @@ use ringkv_raft::ApplyContext;
 use crate::group::PlacementGroup;
 use crate::state::{operator_key, ClusterState, CommandError, CommandResult, PlacementStateMachine, Reply};
 
-/// The operator's kind, lower-case, for humans and metric labels.
-pub fn kind_name(kind: i32) -> &'static str {
-    match OperatorKind::try_from(kind) {
-        Ok(OperatorKind::MoveReplica) => "move",
-        Ok(OperatorKind::AddReplica) => "add",
-        Ok(OperatorKind::RemoveReplica) => "remove",
-        Err(_) => "unknown",
-    }
-}
-
-/// The step's name, lower-case.
-pub fn step_name(step: i32) -> &'static str {
-    match OperatorStep::try_from(step) {
-        Ok(OperatorStep::AddLearner) => "add-learner",
-        Ok(OperatorStep::CatchUp) => "catch-up",
-        Ok(OperatorStep::Promote) => "promote",
-        Ok(OperatorStep::RemoveOld) => "remove-old",
-        Ok(OperatorStep::Rollback) => "rollback",
-        Err(_) => "unknown",
-    }
-}
+pub use ringkv_common::cluster_view::{kind_name, step_name};
 
 /// The outcome's name, lower-case, for metric labels.
 pub fn outcome_name(outcome: OperatorOutcome) -> &'static str {

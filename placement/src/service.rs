@@ -454,8 +454,11 @@ impl Placement for PlacementService {
             .collect();
         let failed = self.liveness.lock().failed.clone();
         let nodes = scheduler::node_views(self, &st);
-        let health =
-            crate::health::count(&map.shards, &scheduler::down_nodes(&nodes), self.settings.replication_factor);
+        let health = ringkv_common::shard_health::count(
+            &map.shards,
+            &scheduler::down_nodes(&nodes),
+            self.settings.replication_factor,
+        );
         let (under, leaderless) = (health.under_replicated, health.leaderless);
         let view = crate::scheduler::checkers::View {
             state: &st,

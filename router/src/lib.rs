@@ -8,6 +8,7 @@
 //! - [`service`]: the public `Kv` gRPC service.
 //! - [`http`]: the HTTP/JSON gateway; [`metrics`]: what it counts.
 //! - [`trace`]: a call's id and hops, for its span and the slow-request log.
+//! - [`console`]: the web console at `/ui`.
 //! - [`server`]: wires it into a process.
 
 // gRPC `Status` and axum `Response` are large and returned by value, as
@@ -15,6 +16,7 @@
 #![allow(clippy::result_large_err)]
 #![warn(missing_docs)]
 
+pub mod console;
 pub mod http;
 pub mod metrics;
 pub mod routing;

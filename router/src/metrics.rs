@@ -2,7 +2,8 @@
 //! and its latency, retries by cause, calls in flight, and how fresh the
 //! shard map is. Served on the HTTP port at /metrics. One registry per
 //! process (a router holds no node id; Prometheus's `instance` tells
-//! routers apart).
+//! routers apart). Every call also feeds the console's per-second traffic
+//! ring.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -78,8 +79,12 @@ pub fn observe<T>(op: &str, start: Instant, r: &Result<T, ApiError>) {
             ErrorCode::Unknown => "error",
         },
     };
+    let took = start.elapsed();
     METRICS.requests.with_label_values(&[op, outcome]).inc();
-    METRICS.duration.with_label_values(&[op]).observe(start.elapsed().as_secs_f64());
+    METRICS.duration.with_label_values(&[op]).observe(took.as_secs_f64());
+    // Bad input is the caller's error, not the cluster's: not charted as one.
+    let failed = !matches!(outcome, "ok" | "invalid");
+    crate::console::traffic::TRAFFIC.record(crate::console::traffic::unix_secs(), took, failed);
 }
 
 /// The retry cause an attempt's error is counted under.

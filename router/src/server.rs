@@ -1,5 +1,6 @@
 //! Wires a router into a process: the shard-map refresher, the gRPC `Kv`
-//! service, and the HTTP gateway (with /metrics, /healthz, /readyz).
+//! service, and the HTTP gateway (with /metrics, /healthz, /readyz and the
+//! console at /ui).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,13 +58,14 @@ impl RouterServer {
         let (listener, grpc_addr) = bind(cfg.listen_addr).await?;
         ringkv_common::net::set_source_from(grpc_addr);
         let mut serving = Serving::default();
-        let map = ShardMapCache::new(Arc::new(PlacementClient::new(cfg.placement.clone())));
+        let placement = Arc::new(PlacementClient::new(cfg.placement.clone()));
+        let map = ShardMapCache::new(placement.clone());
         let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));
         let svc = KvService::new(router, cfg.limits.clone(), cfg.default_timeout).with_slow_request(cfg.slow_request);
         let stopped = serving.stopped();
         serving.spawn(map.clone().run(stopped));
         serving.grpc(listener, tonic::transport::Server::builder().add_service(KvServer::new(svc.clone())))?;
-        let routes = crate::http::routes(svc, cfg.default_timeout);
+        let routes = crate::http::routes(svc, cfg.default_timeout).merge(crate::console::routes(placement));
         // Ready once it knows where shards are.
         let m = map.clone();
         let http_addr = serving.http(cfg.http_addr, render_metrics, move || m.is_loaded(), routes).await?;

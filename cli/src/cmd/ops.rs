@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use ringkv_common::cluster_view::{node_counts, now_ms, ClusterSummary, NodeRow, OperatorRow, ShardContext, ShardRow};
 use ringkv_common::placement_client::PlacementClient;
-use ringkv_placement::operator::{kind_name, step_name};
 use ringkv_proto::placement::{
     CancelOperatorRequest, ClusterStatusRequest, GetShardMapRequest, ListNodesRequest, ListOperatorsRequest,
-    MoveReplicaRequest, Node, NodeState, Operator, SetMaintenanceRequest, SetNodeStateRequest, ShardInfo, ShardMap,
+    MoveReplicaRequest, NodeState, Operator, SetMaintenanceRequest, SetNodeStateRequest, ShardInfo, ShardMap,
     SplitShardRequest,
 };
 use serde::Serialize;
@@ -140,78 +140,9 @@ pub enum ClusterCmd {
     Status(PlacementConn),
 }
 
-fn state_name(s: i32) -> String {
-    NodeState::try_from(s).map_or("unknown".into(), |s| s.as_str_name().to_lowercase())
-}
-
-#[derive(Serialize)]
-struct NodeRow {
-    id: u64,
-    state: String,
-    /// Planned downtime: a DOWN node in maintenance is expected to be down.
-    maintenance: bool,
-    address: String,
-    http_address: String,
-    zone: String,
-    capacity: u64,
-    last_heartbeat_ago_ms: u64,
-}
-
-fn node_row(n: &Node) -> NodeRow {
-    NodeRow {
-        id: n.id,
-        state: state_name(n.state),
-        maintenance: n.maintenance,
-        address: n.address.clone(),
-        http_address: n.http_address.clone(),
-        zone: n.zone.clone(),
-        capacity: n.capacity,
-        last_heartbeat_ago_ms: n.last_heartbeat_ago_ms,
-    }
-}
-
-/// "down (planned)" for a node in maintenance.
-fn shown_state(n: &NodeRow) -> String {
-    match (n.maintenance, n.state.as_str()) {
-        (true, "down") => "down (planned)".into(),
-        (true, s) => format!("{s} (maintenance)"),
-        (false, s) => s.to_string(),
-    }
-}
-
-#[derive(Serialize)]
-pub struct OperatorRow {
-    pub id: u64,
-    pub shard: u64,
-    pub kind: String,
-    pub from_node: u64,
-    pub to_node: u64,
-    pub step: String,
-    pub age_secs: u64,
-    pub step_age_secs: u64,
-    pub reason: String,
-    pub note: String,
-}
-
+/// An operator's row, its ages as of now.
 pub fn operator_row(o: &Operator) -> OperatorRow {
-    let now = ringkv_placement::scheduler::now_ms();
-    OperatorRow {
-        id: o.id,
-        shard: o.shard_id,
-        kind: kind_name(o.kind).into(),
-        from_node: o.from_node,
-        to_node: o.to_node,
-        step: step_name(o.step).into(),
-        age_secs: now.saturating_sub(o.created_unix_ms) / 1000,
-        step_age_secs: now.saturating_sub(o.step_unix_ms) / 1000,
-        reason: o.reason.clone(),
-        // Why it rolls back, else what its step waits for.
-        note: match (o.rollback_reason.is_empty(), o.waiting_for.is_empty()) {
-            (false, _) => o.rollback_reason.clone(),
-            (true, false) => format!("(waiting: {})", o.waiting_for),
-            (true, true) => String::new(),
-        },
-    }
+    OperatorRow::new(o, now_ms())
 }
 
 fn operator_table(rows: &[OperatorRow]) -> Vec<Vec<String>> {
@@ -238,64 +169,17 @@ fn placement_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("placement: {}", s.message())
 }
 
-#[derive(Serialize)]
-struct ShardRow {
-    id: u64,
-    start: String,
-    end: String,
-    version: u64,
-    conf_ver: u64,
-    replicas: Vec<String>,
-    leader_node: u64,
-    down_replicas: u32,
-    /// Approximate bytes on disk, as the leader last measured (0: not yet).
-    approximate_bytes: u64,
-    /// Requests per second the leader served lately.
-    qps: f64,
-}
-
-fn shard_row(s: &ShardInfo) -> ShardRow {
-    let d = s.shard.clone().unwrap_or_default();
-    let e = d.epoch.unwrap_or_default();
-    ShardRow {
-        id: d.id,
-        start: format!("{:016x}", d.start),
-        end: if d.end == 0 { "end".into() } else { format!("{:016x}", d.end) },
-        version: e.version,
-        conf_ver: e.conf_ver,
-        replicas: d
-            .replicas
-            .iter()
-            .map(|r| format!("{}@node{}{}", r.replica_id, r.node_id, if r.role == 1 { "(learner)" } else { "" }))
-            .collect(),
-        leader_node: s.leader_node_id,
-        down_replicas: s.down_replicas,
-        approximate_bytes: 0,
-        qps: 0.0,
-    }
-}
-
-/// Shard rows with the sizes and loads placement's leader last heard of
-/// (left at 0 if it cannot say).
+/// Shard rows with the health, sizes and loads placement's leader knows
+/// (sizes left at 0 and only lagging replicas counted if it cannot say).
 async fn shard_rows(c: &PlacementConn, shards: &[ShardInfo]) -> Vec<ShardRow> {
     let status = c.client().ok().map(|pc| async move {
         pc.call(c.timeout(), |mut p| async move { p.cluster_status(ClusterStatusRequest {}).await }).await
     });
-    let stats = match status {
-        Some(f) => f.await.map(|s| s.shard_stats).unwrap_or_default(),
-        None => Vec::new(),
+    let ctx = match status {
+        Some(f) => f.await.map(|s| ShardContext::from_status(&s)).unwrap_or_default(),
+        None => ShardContext::default(),
     };
-    shards
-        .iter()
-        .map(|s| {
-            let mut row = shard_row(s);
-            if let Some(x) = stats.iter().find(|x| x.shard_id == row.id) {
-                row.approximate_bytes = x.approximate_bytes;
-                row.qps = x.qps;
-            }
-            row
-        })
-        .collect()
+    shards.iter().map(|s| ShardRow::new(s, &ctx)).collect()
 }
 
 /// Bytes as people read them.
@@ -308,15 +192,20 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-const SHARD_HEADER: &[&str] = &["id", "range", "epoch", "replicas", "leader node", "size", "qps"];
+const SHARD_HEADER: &[&str] = &["id", "range", "epoch", "replicas", "leader node", "health", "size", "qps"];
+
+fn replica_labels(s: &ShardRow) -> String {
+    s.replicas.iter().map(|r| r.label()).collect::<Vec<_>>().join(" ")
+}
 
 fn shard_cells(s: &ShardRow) -> Vec<String> {
     vec![
         s.id.to_string(),
         format!("[{}, {})", s.start, s.end),
         format!("{}/{}", s.version, s.conf_ver),
-        s.replicas.join(" "),
+        replica_labels(s),
         s.leader_node.to_string(),
+        s.health.name().into(),
         human_bytes(s.approximate_bytes),
         format!("{:.0}", s.qps),
     ]
@@ -370,8 +259,8 @@ async fn set_state(id: u64, state: NodeState, dry_run: bool, c: &PlacementConn) 
             return Ok(());
         }
     }
-    let row = node_row(&r.node.unwrap_or_default());
-    let table = vec![vec![row.id.to_string(), shown_state(&row), row.address.clone()]];
+    let row = NodeRow::new(&r.node.unwrap_or_default());
+    let table = vec![vec![row.id.to_string(), row.shown_state(), row.address.clone()]];
     print(c.output, &row, &["id", "state", "address"], table)
 }
 
@@ -397,8 +286,8 @@ pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(placement_err)?;
-            let row = node_row(&r.node.unwrap_or_default());
-            let table = vec![vec![row.id.to_string(), shown_state(&row), row.maintenance.to_string()]];
+            let row = NodeRow::new(&r.node.unwrap_or_default());
+            let table = vec![vec![row.id.to_string(), row.shown_state(), row.maintenance.to_string()]];
             return print(conn.output, &row, &["id", "state", "maintenance"], table);
         }
     };
@@ -408,27 +297,19 @@ pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
         .await
         .map_err(placement_err)?;
     let map = shard_map(&c).await?;
-    let rows: Vec<NodeRow> = r.nodes.iter().map(node_row).collect();
-    let count = |id: u64| {
-        let replicas = map
-            .shards
-            .iter()
-            .filter(|s| s.shard.as_ref().is_some_and(|d| d.replicas.iter().any(|r| r.node_id == id)))
-            .count();
-        let leaders = map.shards.iter().filter(|s| s.leader_node_id == id).count();
-        (replicas, leaders)
-    };
+    let rows: Vec<NodeRow> = r.nodes.iter().map(NodeRow::new).collect();
+    let counts = node_counts(&map.shards);
     let table = rows
         .iter()
         .map(|n| {
-            let (replicas, leaders) = count(n.id);
+            let c = counts.get(&n.id).copied().unwrap_or_default();
             vec![
                 n.id.to_string(),
-                shown_state(n),
+                n.shown_state(),
                 n.address.clone(),
                 n.zone.clone(),
-                replicas.to_string(),
-                leaders.to_string(),
+                c.replicas.to_string(),
+                c.leaders.to_string(),
                 format!("{}ms", n.last_heartbeat_ago_ms),
             ]
         })
@@ -491,14 +372,16 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<()> {
                 .iter()
                 .find(|s| s.shard.as_ref().is_some_and(|d| d.id == id))
                 .ok_or_else(|| anyhow::anyhow!("no shard {id}"))?;
-            let row = shard_row(s);
+            let rows = shard_rows(&conn, std::slice::from_ref(s)).await;
+            let row = rows.into_iter().next().ok_or_else(|| anyhow::anyhow!("no shard {id}"))?;
             let table = vec![
                 vec!["id".into(), row.id.to_string()],
                 vec!["range".into(), format!("[{}, {})", row.start, row.end)],
                 vec!["epoch".into(), format!("version {} conf_ver {}", row.version, row.conf_ver)],
-                vec!["replicas".into(), row.replicas.join(" ")],
+                vec!["replicas".into(), replica_labels(&row)],
                 vec!["leader node".into(), row.leader_node.to_string()],
                 vec!["down replicas".into(), row.down_replicas.to_string()],
+                vec!["health".into(), row.health.name().into()],
             ];
             print(conn.output, &row, &["field", "value"], table)
         }
@@ -515,7 +398,7 @@ pub async fn shard(cmd: ShardCmd) -> anyhow::Result<()> {
             let rows: Vec<ShardRow> = [r.left, r.right]
                 .into_iter()
                 .flatten()
-                .map(|d| shard_row(&ShardInfo { shard: Some(d), ..Default::default() }))
+                .map(|d| ShardRow::new(&ShardInfo { shard: Some(d), ..Default::default() }, &ShardContext::default()))
                 .collect();
             let table = rows.iter().map(shard_cells).collect();
             print(conn.output, &rows, SHARD_HEADER, table)
@@ -542,22 +425,10 @@ struct LoadRow {
 
 #[derive(Serialize)]
 struct Status {
-    map_version: u64,
-    bootstrapped: bool,
-    placement_leader: u64,
-    nodes_up: usize,
-    nodes_by_state: std::collections::BTreeMap<String, usize>,
-    nodes_total: usize,
-    shards: u32,
-    shards_with_leader: u32,
-    leaderless: u32,
-    under_replicated: u32,
-    replication_factor: u32,
+    #[serde(flatten)]
+    summary: ClusterSummary,
     operators: Vec<OperatorRow>,
     loads: Vec<LoadRow>,
-    ideal_replicas: f64,
-    ideal_leaders: f64,
-    balanced: bool,
     nodes: Vec<NodeRow>,
 }
 
@@ -568,55 +439,38 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
         .call(c.timeout(), |mut p| async move { p.cluster_status(ClusterStatusRequest {}).await })
         .await
         .map_err(placement_err)?;
-    let nodes: Vec<NodeRow> = r.nodes.iter().map(node_row).collect();
-    let mut by_state = std::collections::BTreeMap::new();
-    for n in &nodes {
-        *by_state.entry(shown_state(n)).or_insert(0) += 1;
-    }
     let st = Status {
-        map_version: r.map_version,
-        bootstrapped: r.bootstrapped,
-        placement_leader: r.placement.iter().find(|m| m.is_leader).map_or(0, |m| m.id),
-        nodes_up: r.nodes.iter().filter(|n| n.state == NodeState::Up as i32).count(),
-        nodes_by_state: by_state,
-        nodes_total: r.nodes.len(),
-        shards: r.shards,
-        shards_with_leader: r.shards_with_leader,
-        leaderless: r.leaderless,
-        under_replicated: r.under_replicated,
-        replication_factor: r.replication_factor,
+        summary: ClusterSummary::new(&r),
         operators: r.operators.iter().map(operator_row).collect(),
         loads: r.loads.iter().map(|l| LoadRow { node: l.node_id, replicas: l.replicas, leaders: l.leaders }).collect(),
-        ideal_replicas: r.ideal_replicas,
-        ideal_leaders: r.ideal_leaders,
-        balanced: r.balanced,
-        nodes,
+        nodes: r.nodes.iter().map(NodeRow::new).collect(),
     };
     let minmax = |f: fn(&LoadRow) -> u32| {
         let v: Vec<u32> = st.loads.iter().map(f).collect();
         format!("{} / {}", v.iter().min().copied().unwrap_or(0), v.iter().max().copied().unwrap_or(0))
     };
-    let states: Vec<String> = st.nodes_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let sum = &st.summary;
+    let states: Vec<String> = sum.nodes_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let table = vec![
-        vec!["bootstrapped".into(), st.bootstrapped.to_string()],
-        vec!["placement leader".into(), st.placement_leader.to_string()],
-        vec!["storenodes".into(), format!("{} ({})", st.nodes_total, states.join(", "))],
-        vec!["shards".into(), st.shards.to_string()],
-        vec!["shards with a leader".into(), st.shards_with_leader.to_string()],
-        vec!["leaderless shards".into(), st.leaderless.to_string()],
-        vec!["under-replicated shards".into(), st.under_replicated.to_string()],
-        vec!["replication factor".into(), st.replication_factor.to_string()],
+        vec!["bootstrapped".into(), sum.bootstrapped.to_string()],
+        vec!["placement leader".into(), sum.placement_leader.to_string()],
+        vec!["storenodes".into(), format!("{} ({})", sum.nodes_total, states.join(", "))],
+        vec!["shards".into(), sum.shards.to_string()],
+        vec!["shards with a leader".into(), sum.shards_with_leader.to_string()],
+        vec!["leaderless shards".into(), sum.leaderless.to_string()],
+        vec!["under-replicated shards".into(), sum.under_replicated.to_string()],
+        vec!["replication factor".into(), sum.replication_factor.to_string()],
         vec![
             "replicas per node (min / max)".into(),
-            format!("{} (ideal {:.1})", minmax(|l| l.replicas), st.ideal_replicas),
+            format!("{} (ideal {:.1})", minmax(|l| l.replicas), sum.ideal_replicas),
         ],
         vec![
             "leaders per node (min / max)".into(),
-            format!("{} (ideal {:.1})", minmax(|l| l.leaders), st.ideal_leaders),
+            format!("{} (ideal {:.1})", minmax(|l| l.leaders), sum.ideal_leaders),
         ],
         vec!["operators in flight".into(), st.operators.len().to_string()],
-        vec!["balanced".into(), st.balanced.to_string()],
-        vec!["shard map version".into(), st.map_version.to_string()],
+        vec!["balanced".into(), sum.balanced.to_string()],
+        vec!["shard map version".into(), sum.map_version.to_string()],
     ];
     print(c.output, &st, &["", ""], table)?;
     if c.output == Format::Table {

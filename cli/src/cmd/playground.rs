@@ -442,6 +442,7 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     );
     println!("  router gRPC   {router_addr}");
     println!("  router HTTP   http://{router_http}");
+    println!("  console       http://{router_http}/ui");
     println!("  placement     {}", placement_addrs.join(","));
     let storenodes: Vec<String> = storenode_ports.iter().map(|(g, _)| addr(*g)).collect();
     println!("  storenodes    {}", storenodes.join(","));

@@ -14,7 +14,7 @@ pub mod splitter;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ringkv_proto::placement::{
@@ -48,10 +48,7 @@ pub struct SchedulerStatus {
     pub notes: HashMap<u64, String>,
 }
 
-/// Milliseconds since the Unix epoch, by this machine's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use ringkv_common::cluster_view::now_ms;
 
 /// The leader-local state of the scheduler.
 struct Scheduler {
@@ -149,7 +146,7 @@ pub fn node_views(svc: &PlacementService, st: &ClusterState) -> BTreeMap<u64, No
 }
 
 /// The storenodes observed down now.
-pub fn down_nodes(nodes: &BTreeMap<u64, NodeView>) -> HashSet<u64> {
+pub fn down_nodes(nodes: &BTreeMap<u64, NodeView>) -> Vec<u64> {
     nodes.values().filter(|n| n.node.state == NodeState::Down as i32).map(|n| n.node.id).collect()
 }
 
@@ -182,7 +179,8 @@ fn set_cluster_metrics(svc: &PlacementService, st: &ClusterState, views: &BTreeM
             NodeFigures { id: n.id, state, replicas, leaders }
         })
         .collect();
-    let health = crate::health::count(st.shards.values(), &down_nodes(views), svc.settings.replication_factor);
+    let health =
+        ringkv_common::shard_health::count(st.shards.values(), &down_nodes(views), svc.settings.replication_factor);
     svc.metrics.set_cluster(&nodes, st.shards.len() as u32, &health);
 }
 

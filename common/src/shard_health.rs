@@ -1,17 +1,17 @@
-//! Shard health as placement sees it, counted the way PD's
-//! `pd_regions_status` counts regions: one shard may be in several classes
-//! (a shard with a replica on a down node is usually under-replicated
-//! too). `ringkv cluster status` and the `ringkv_placement_shards{status}`
-//! metric both come from here.
-
-use std::collections::HashSet;
+//! What is wrong with a shard, from placement's map and the nodes it sees
+//! down, in classes counted the way PD's `pd_regions_status` counts
+//! regions: one shard may be in several (a shard with a replica on a down
+//! node is usually under-replicated too). Placement's
+//! `ringkv_placement_shards{status}` metric and its cluster status count
+//! these; the CLI and the console show the worst of them
+//! ([`crate::cluster_view::shard_health`]).
 
 use ringkv_proto::meta::ReplicaRole;
 use ringkv_proto::placement::ShardInfo;
 
 /// The classes a shard can be counted in (see [`HealthCounts`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ShardHealth {
+pub struct ShardProblems {
     /// No live leader known: none reported, or the one reported is on a
     /// down node.
     pub leaderless: bool,
@@ -32,17 +32,17 @@ pub struct ShardHealth {
 /// How many shards are in each class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HealthCounts {
-    /// See [`ShardHealth::leaderless`].
+    /// See [`ShardProblems::leaderless`].
     pub leaderless: u32,
-    /// See [`ShardHealth::under_replicated`].
+    /// See [`ShardProblems::under_replicated`].
     pub under_replicated: u32,
-    /// See [`ShardHealth::down_replica`].
+    /// See [`ShardProblems::down_replica`].
     pub down_replica: u32,
-    /// See [`ShardHealth::pending_replica`].
+    /// See [`ShardProblems::pending_replica`].
     pub pending_replica: u32,
-    /// See [`ShardHealth::extra_replica`].
+    /// See [`ShardProblems::extra_replica`].
     pub extra_replica: u32,
-    /// See [`ShardHealth::learner`].
+    /// See [`ShardProblems::learner`].
     pub learner: u32,
 }
 
@@ -60,15 +60,15 @@ impl HealthCounts {
     }
 }
 
-/// Classifies one shard; `down` are the nodes observed down.
-pub fn classify(info: &ShardInfo, down: &HashSet<u64>, replication_factor: usize) -> ShardHealth {
+/// What is wrong with one shard; `down` are the nodes observed down.
+pub fn problems(info: &ShardInfo, down: &[u64], replication_factor: usize) -> ShardProblems {
     let Some(d) = info.shard.as_ref() else {
-        return ShardHealth { leaderless: true, ..Default::default() };
+        return ShardProblems { leaderless: true, ..Default::default() };
     };
     let is_voter = |r: &&ringkv_proto::meta::Replica| r.role != ReplicaRole::Learner as i32;
     let voters = d.replicas.iter().filter(is_voter).count();
     let live_voters = d.replicas.iter().filter(is_voter).filter(|r| !down.contains(&r.node_id)).count();
-    ShardHealth {
+    ShardProblems {
         leaderless: info.leader_node_id == 0 || down.contains(&info.leader_node_id),
         under_replicated: live_voters < replication_factor || info.down_replicas > 0,
         down_replica: d.replicas.iter().any(|r| down.contains(&r.node_id)),
@@ -81,12 +81,12 @@ pub fn classify(info: &ShardInfo, down: &HashSet<u64>, replication_factor: usize
 /// Counts `shards` by class.
 pub fn count<'a>(
     shards: impl IntoIterator<Item = &'a ShardInfo>,
-    down: &HashSet<u64>,
+    down: &[u64],
     replication_factor: usize,
 ) -> HealthCounts {
     let mut c = HealthCounts::default();
     for info in shards {
-        let h = classify(info, down, replication_factor);
+        let h = problems(info, down, replication_factor);
         c.leaderless += h.leaderless as u32;
         c.under_replicated += h.under_replicated as u32;
         c.down_replica += h.down_replica as u32;
@@ -120,23 +120,23 @@ mod tests {
     fn each_class_is_counted_when_it_applies_and_only_then() {
         use ReplicaRole::{Learner, Voter};
         let rf = 3;
-        let none = HashSet::new();
+        let none: [u64; 0] = [];
         let healthy = shard(1, &[(1, Voter), (2, Voter), (3, Voter)], 0);
-        assert_eq!(classify(&healthy, &none, rf), ShardHealth::default());
+        assert_eq!(problems(&healthy, &none, rf), ShardProblems::default());
 
-        let down: HashSet<u64> = [2].into();
-        let h = classify(&healthy, &down, rf);
+        let down = [2];
+        let h = problems(&healthy, &down, rf);
         assert!(h.down_replica && h.under_replicated && !h.leaderless, "{h:?}");
-        let h = classify(&shard(2, &[(1, Voter), (2, Voter), (3, Voter)], 0), &down, rf);
+        let h = problems(&shard(2, &[(1, Voter), (2, Voter), (3, Voter)], 0), &down, rf);
         assert!(h.leaderless, "the reported leader is on a down node: {h:?}");
-        assert!(classify(&shard(0, &[(1, Voter), (2, Voter), (3, Voter)], 0), &none, rf).leaderless);
+        assert!(problems(&shard(0, &[(1, Voter), (2, Voter), (3, Voter)], 0), &none, rf).leaderless);
 
         let moving = shard(1, &[(1, Voter), (2, Voter), (3, Voter), (4, Learner)], 0);
-        let h = classify(&moving, &none, rf);
+        let h = problems(&moving, &none, rf);
         assert!(h.learner && !h.extra_replica && !h.under_replicated, "{h:?}");
         let extra = shard(1, &[(1, Voter), (2, Voter), (3, Voter), (4, Voter)], 0);
-        assert!(classify(&extra, &none, rf).extra_replica);
-        let lagging = classify(&shard(1, &[(1, Voter), (2, Voter), (3, Voter)], 1), &none, rf);
+        assert!(problems(&extra, &none, rf).extra_replica);
+        let lagging = problems(&shard(1, &[(1, Voter), (2, Voter), (3, Voter)], 1), &none, rf);
         assert!(lagging.pending_replica && lagging.under_replicated, "{lagging:?}");
 
         let c = count([&healthy, &moving, &extra], &down, rf);
