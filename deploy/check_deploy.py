@@ -20,7 +20,8 @@ PyYAML (Debian: python3-yaml).
 
 `argv` is what the process gets (the image's ENTRYPOINT is `ringkv`; a
 Kubernetes `$(VAR)` is replaced by the value the kubelet would give it, a pod
-IP by 10.244.0.10; a `sh -c` script is expanded for each StatefulSet
+IP by 10.244.0.10; `--id-from-hostname` becomes each StatefulSet pod's
+`--id` (ordinal plus one); a `sh -c` script is expanded for each StatefulSet
 ordinal). `files` are the config files the command reads, with their text.
 `needs` lists what the command line relies on beyond IP addresses:
 "host-names" when a placement address is a DNS name (resolved at every
@@ -452,7 +453,13 @@ def check_k8s(known):
                     argvs.append((f"{kind.lower()}/{name}-{i}", toks))
             else:
                 argv = (["ringkv"] if not c.get("command") else []) + [k8s_expand(a, env) for a in cmdline]
-                argvs.append((f"{kind.lower()}/{name}", argv))
+                if kind == "StatefulSet" and "--id-from-hostname" in argv:
+                    # Each pod's id is its ordinal plus one (`placement-0` -> 1).
+                    for i in range(spec.get("replicas", 1)):
+                        at = argv.index("--id-from-hostname")
+                        argvs.append((f"{kind.lower()}/{name}-{i}", argv[:at] + ["--id", str(i + 1)] + argv[at + 1:]))
+                else:
+                    argvs.append((f"{kind.lower()}/{name}", argv))
             for cname, argv in argvs:
                 cfg = flag(argv, "config")
                 file_docs, cfiles = [], []

@@ -24,6 +24,12 @@ pub struct Args {
     /// This member's id (1, 2, 3…). Default 1.
     #[arg(long, env = "RINGKV_ID")]
     id: Option<u64>,
+    /// Take the member id from the host name's trailing ordinal plus one
+    /// (`placement-0` → 1, `placement-2.placement.ns.svc` → 3), as a
+    /// Kubernetes StatefulSet names its pods.
+    #[arg(long, env = "RINGKV_ID_FROM_HOSTNAME", conflicts_with = "id")]
+    #[serde(skip)]
+    id_from_hostname: bool,
     /// gRPC listen address. Default 127.0.0.1:6390.
     #[arg(long, env = "RINGKV_LISTEN")]
     listen: Option<SocketAddr>,
@@ -91,6 +97,7 @@ impl Args {
             // Logging started before the file was read: the flag only.
             log_format: self.log_format,
             id: self.id.or(f.id),
+            id_from_hostname: self.id_from_hostname,
             listen: self.listen.or(f.listen),
             http: self.http.or(f.http),
             data_dir: self.data_dir.or(f.data_dir),
@@ -111,6 +118,32 @@ impl Args {
     }
 }
 
+/// The member id a host name gives: its first label's trailing `-N`, plus
+/// one (ids start at 1, StatefulSet ordinals at 0).
+fn ordinal_id(host: &str) -> anyhow::Result<u64> {
+    let first = host.split('.').next().unwrap_or_default();
+    let ordinal = first.rsplit_once('-').map(|(_, n)| n).unwrap_or_default();
+    let n: u64 = ordinal.parse().with_context(|| {
+        format!("--id-from-hostname: host name {host:?} does not end in -N (a StatefulSet ordinal)")
+    })?;
+    Ok(n + 1)
+}
+
+/// This machine's (or pod's) host name.
+fn hostname() -> anyhow::Result<String> {
+    if let Ok(h) = std::env::var("HOSTNAME") {
+        if !h.is_empty() {
+            return Ok(h);
+        }
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    anyhow::ensure!(rc == 0, "gethostname: {}", std::io::Error::last_os_error());
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 pub fn parse_id_addr(flag: &str, s: &str) -> anyhow::Result<(u64, String)> {
     let Some((id, addr)) = s.split_once('=') else { bail!("{flag} {s:?}: expected ID=ADDRESS") };
     let id: u64 = id.parse().with_context(|| format!("{flag} {s:?}: bad id"))?;
@@ -120,7 +153,7 @@ pub fn parse_id_addr(flag: &str, s: &str) -> anyhow::Result<(u64, String)> {
 
 pub fn config(a: Args) -> anyhow::Result<PlacementConfig> {
     let a = a.merged()?;
-    let id = a.id.unwrap_or(1);
+    let id = if a.id_from_hostname { ordinal_id(&hostname()?)? } else { a.id.unwrap_or(1) };
     let listen = a.listen.unwrap_or_else(|| ([127, 0, 0, 1], super::defaults::PLACEMENT_PORT).into());
     let members = if a.members.is_empty() {
         vec![(id, listen.to_string())]
@@ -179,4 +212,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     h.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statefulset_ordinal_gives_the_member_id() {
+        assert_eq!(ordinal_id("placement-0").unwrap(), 1);
+        assert_eq!(ordinal_id("placement-2.placement.ringkv.svc.cluster.local").unwrap(), 3);
+        assert_eq!(ordinal_id("my-placement-10").unwrap(), 11);
+        for bad in ["placement", "placement-", "placement-x", ""] {
+            let e = ordinal_id(bad).unwrap_err().to_string();
+            assert!(e.contains("does not end in -N"), "{bad}: {e}");
+        }
+    }
 }
