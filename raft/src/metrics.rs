@@ -24,6 +24,9 @@ pub struct RaftMetrics {
     pub replicas: IntGauge,
     /// Synced WriteBatches of Raft state (one per loop pass with any Ready).
     pub raft_fsyncs: IntCounter,
+    /// Unsynced WriteBatches of applied entries (one per pass that applied
+    /// anything, every replica's entries together).
+    pub apply_writes: IntCounter,
     /// Replicas whose Ready went into one synced WriteBatch.
     pub raft_readies_per_fsync: Histogram,
     /// One pass of the loop with work: persist, send, apply, answer.
@@ -143,6 +146,11 @@ impl RaftMetrics {
         RaftMetrics {
             replicas: gauge(r, "ringkv_raft_replicas", "Replicas hosted (failed ones excluded)"),
             raft_fsyncs: counter(r, "ringkv_raft_fsyncs_total", "Synced Raft WriteBatches"),
+            apply_writes: counter(
+                r,
+                "ringkv_raft_apply_writes_total",
+                "Unsynced WriteBatches of applied entries (one per pass that applied any)",
+            ),
             raft_readies_per_fsync: histogram(
                 r,
                 "ringkv_raft_readies_per_fsync",

@@ -155,6 +155,7 @@ impl<S: StateMachine> RaftNode<S> {
         use crate::state_machine::Group;
         use crate::MemberRole;
         self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.loop_handle.send_internal(LoopRequest::Drain);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let status = self.loop_handle.status(Vec::new()).await.unwrap_or_default();

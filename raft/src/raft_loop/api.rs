@@ -266,6 +266,11 @@ pub enum LoopRequest<S: StateMachine> {
         /// The node.
         node_id: u64,
     },
+    /// A planned stop begins: from now on no replica here campaigns or
+    /// accepts a leadership transfer, so that leaderships handed away do
+    /// not come back (a balancer, an election) just before the node stops.
+    /// Leaders keep leading until they hand over.
+    Drain,
     /// Stop the loop (pending callers are answered).
     Shutdown,
 }

@@ -116,6 +116,8 @@ pub struct RaftLoop<S: StateMachine, T: Transport> {
     generating: usize,
     /// Messages for groups with no replica here yet (see `split.rs`).
     stash: split::Stash,
+    /// A planned stop has begun (see [`LoopRequest::Drain`]).
+    draining: bool,
     /// Groups whose per-replica series the last gauge round exported, with
     /// the followers whose lag it exported (see `update_gauges`).
     exported: HashMap<u64, Vec<u64>>,
@@ -156,6 +158,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             generating: 0,
             stash: split::Stash::default(),
             exported: HashMap::new(),
+            draining: false,
             new_sm: Box::new(new_sm),
         };
         lp.open_persisted()?;
@@ -266,6 +269,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                     }
                 }
             }
+            LoopRequest::Drain => self.draining = true,
             LoopRequest::Shutdown => return false,
         }
         true
@@ -283,7 +287,10 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             // would make raft-rs read the unapplied entries between them
             // (compacted) and panic. It stays a quiet follower until the
             // install is done; a leader elsewhere is not delayed by it.
-            if r.lifecycle == Lifecycle::Normal && r.raw.tick() {
+            // A draining node's followers do not count down to an election
+            // (its leaders keep ticking: they send the heartbeats).
+            let may_tick = r.lifecycle == Lifecycle::Normal && (!self.draining || r.leads());
+            if may_tick && r.raw.tick() {
                 self.dirty.insert(*id);
             }
             // raft-rs silently drops a ReadIndex that a new leader cannot serve

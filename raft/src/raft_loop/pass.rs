@@ -197,6 +197,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             if let Err(e) = self.engine.write(concat_batches(batches), false) {
                 panic!("writing applied entries: {e}");
             }
+            self.metrics.apply_writes.inc();
         }
         let applied_at = Instant::now();
         let commit_apply = applied_at.saturating_duration_since(committed_at).as_secs_f64();

@@ -78,9 +78,15 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         // matches; an installing replica's does (its snapshot is persisted)
         // but it cannot campaign until the install is done (see `tick`). The
         // leader's transfer times out and it stays leader.
+        // A node that is stopping (see `LoopRequest::Drain`) does not take
+        // leaderships either: they would die with it a moment later.
         let campaigns = matches!(msg.get_msg_type(), MessageType::MsgTimeoutNow | MessageType::MsgHup);
-        if campaigns && r.lifecycle != Lifecycle::Normal {
-            tracing::info!(group_id, "leadership not taken while installing a snapshot");
+        if campaigns && (r.lifecycle != Lifecycle::Normal || self.draining) {
+            tracing::info!(
+                group_id,
+                draining = self.draining,
+                "leadership not taken (installing a snapshot or stopping)"
+            );
             self.metrics.raft_messages_dropped.inc();
             return;
         }
