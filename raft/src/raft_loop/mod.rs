@@ -7,7 +7,9 @@
 //!    that may leave before persistence, and add snapshot / entries / hard
 //!    state to ONE WriteBatch shared by all replicas;
 //! 4. write that batch with `sync = true` — a single fsync however many
-//!    replicas had work (group commit across groups);
+//!    replicas had work (group commit across groups) — when any Ready must
+//!    be synced (entries, a snapshot, a new term or vote); a batch that only
+//!    moves commit indexes is written without an fsync, as etcd does;
 //! 5. send `persisted_messages` (votes, append responses: only after the sync,
 //!    or a crash could make this node forget a vote or an acknowledged entry),
 //!    coalesced per destination node; `advance_append`;

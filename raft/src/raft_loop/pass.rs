@@ -45,6 +45,13 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         let mut out = Outbox::new();
         let mut installs = Vec::new();
         let mut failures = Vec::new();
+        // Whether any Ready holds what must be on disk before its messages
+        // go out (entries, a snapshot, a new term or vote). A Ready whose
+        // hard state changed only its commit index does not (raft-rs's
+        // `must_sync`, etcd's `MustSync`): a lost commit index is learnt
+        // again from the leader, and RocksDB's WAL keeps writes in order, so
+        // the commit never survives a crash without the entries it covers.
+        let mut must_sync = false;
 
         // Collect every Ready into one batch.
         for id in &dirty {
@@ -110,18 +117,21 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             if let Some(hs) = rd.hs() {
                 r.raw.mut_store().set_hard_state(&mut wb, hs);
             }
+            must_sync |= rd.must_sync();
             readies.push((*id, rd));
         }
         if !wb.is_empty() {
-            // A failed synced write leaves Raft's promises unknowable: stop the
-            // process rather than answer anything (as etcd and TiKV do).
+            // A failed write of Raft state leaves Raft's promises unknowable:
+            // stop the process rather than answer anything (as etcd and TiKV do).
             let append_start = std::time::Instant::now();
-            if let Err(e) = self.engine.write(wb, true) {
+            if let Err(e) = self.engine.write(wb, must_sync) {
                 panic!("persisting Raft state: {e}");
             }
-            self.metrics.append_duration.observe(append_start.elapsed().as_secs_f64());
-            self.metrics.raft_fsyncs.inc();
-            self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
+            if must_sync {
+                self.metrics.append_duration.observe(append_start.elapsed().as_secs_f64());
+                self.metrics.raft_fsyncs.inc();
+                self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
+            }
         }
         // Entries this pass applies count as committed from here: their
         // commit is durable and known. One instant for all of them.
