@@ -127,6 +127,7 @@ impl Router {
         let (request_id, deadline) = (req.request_id.as_slice(), req.deadline);
         let mut attempts = Attempts::new(req.is_write, deadline);
         let trace = &req.trace;
+        let mut recorded_shard = None;
         loop {
             let looked_up = Instant::now();
             let shard = match target {
@@ -140,7 +141,13 @@ impl Router {
                     WireError::Retryable("no shard map yet".into())
                 }
                 Some(shard) => {
-                    tracing::Span::current().record("shard", shard.id);
+                    // The fmt layer appends every record to the span's fields:
+                    // record the shard once, and again only if a split moved
+                    // the key.
+                    if recorded_shard != Some(shard.id) {
+                        tracing::Span::current().record("shard", shard.id);
+                        recorded_shard = Some(shard.id);
+                    }
                     match self.attempt(&shard, attempts.attempt, request_id, deadline, trace, &f).await {
                         Ok(r) => return Ok(r),
                         Err(e) => {
