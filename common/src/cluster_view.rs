@@ -103,8 +103,9 @@ pub struct NodeCounts {
 }
 
 /// Replicas and leaders per node id, counted from the shard map (a node
-/// that holds nothing is absent).
-pub fn node_counts(shards: &[ShardInfo]) -> HashMap<u64, NodeCounts> {
+/// that holds nothing is absent). Placement's per-storenode metrics count
+/// with it too.
+pub fn node_counts<'a>(shards: impl IntoIterator<Item = &'a ShardInfo>) -> HashMap<u64, NodeCounts> {
     let mut counts: HashMap<u64, NodeCounts> = HashMap::new();
     for s in shards {
         for r in s.shard.iter().flat_map(|d| &d.replicas) {

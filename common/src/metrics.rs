@@ -6,7 +6,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Registers `c` in `r` and returns it. Metric names are fixed strings of
@@ -25,6 +26,16 @@ pub fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 /// A counter with labels registered in `r`.
 pub fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+/// A counter of fractional amounts (seconds) registered in `r`.
+pub fn float_counter(r: &Registry, name: &str, help: &str) -> Counter {
+    register(r, Counter::new(name, help).expect("valid metric"))
+}
+
+/// A gauge of fractional values (rates) with labels registered in `r`.
+pub fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(r, GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
 /// A gauge registered in `r`.

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use prometheus::{Counter, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use ringkv_common::metrics::{
-    counter, counter_vec, gauge, gauge_vec, histogram, histogram_vec, latency_buckets, long_buckets, register,
+    counter, counter_vec, float_counter, gauge, gauge_vec, histogram, histogram_vec, latency_buckets, long_buckets,
     register_process_metrics,
 };
 
@@ -268,10 +268,10 @@ impl RaftMetrics {
                 "ringkv_rocksdb_delayed_write_rate_bytes",
                 "Write rate RocksDB slows writers to (0: not delayed)",
             ),
-            rocksdb_stall_seconds: register(
+            rocksdb_stall_seconds: float_counter(
                 r,
-                Counter::new("ringkv_rocksdb_stall_seconds_total", "Time writers spent stalled by RocksDB")
-                    .expect("valid metric"),
+                "ringkv_rocksdb_stall_seconds_total",
+                "Time writers spent stalled by RocksDB",
             ),
             rocksdb_block_cache_hits: counter(r, "ringkv_rocksdb_block_cache_hits_total", "Block cache hits"),
             rocksdb_block_cache_misses: counter(r, "ringkv_rocksdb_block_cache_misses_total", "Block cache misses"),

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
-use ringkv_common::metrics::{counter_vec, gauge_vec, histogram_vec, register};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec};
+use ringkv_common::metrics::{counter_vec, float_gauge_vec, gauge_vec, histogram_vec};
 use ringkv_raft::RaftMetrics;
 
 /// The storenode's metrics.
@@ -53,8 +53,6 @@ impl Metrics {
         let raft = Arc::new(RaftMetrics::new(node_id));
         let r = &raft.registry;
         let shard = &["shard"];
-        let rate =
-            |name: &str, help: &str| register(r, GaugeVec::new(Opts::new(name, help), shard).expect("valid metric"));
         Metrics {
             requests: counter_vec(
                 r,
@@ -81,8 +79,13 @@ impl Metrics {
                 "Leader only: estimated keys of the shard",
                 shard,
             ),
-            shard_reads: rate("ringkv_shard_reads_per_second", "Leader only: reads served per second"),
-            shard_writes: rate("ringkv_shard_writes_per_second", "Leader only: writes per second"),
+            shard_reads: float_gauge_vec(
+                r,
+                "ringkv_shard_reads_per_second",
+                "Leader only: reads served per second",
+                shard,
+            ),
+            shard_writes: float_gauge_vec(r, "ringkv_shard_writes_per_second", "Leader only: writes per second", shard),
             slow_requests: counter_vec(
                 r,
                 "ringkv_storenode_slow_requests_total",

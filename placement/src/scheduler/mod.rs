@@ -153,15 +153,7 @@ pub fn down_nodes(nodes: &BTreeMap<u64, NodeView>) -> Vec<u64> {
 /// Sets the cluster's figures: nodes by state with their replicas and
 /// leaders (removed nodes included, as `removed`), shards by health.
 fn set_cluster_metrics(svc: &PlacementService, st: &ClusterState, views: &BTreeMap<u64, NodeView>) {
-    let mut per_node: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
-    for info in st.shards.values() {
-        for r in info.shard.iter().flat_map(|d| d.replicas.iter()) {
-            per_node.entry(r.node_id).or_default().0 += 1;
-        }
-        if info.leader_node_id != 0 {
-            per_node.entry(info.leader_node_id).or_default().1 += 1;
-        }
-    }
+    let per_node = ringkv_common::cluster_view::node_counts(st.shards.values());
     let nodes: Vec<NodeFigures> = st
         .nodes
         .values()
@@ -175,8 +167,8 @@ fn set_cluster_metrics(svc: &PlacementService, st: &ClusterState, views: &BTreeM
                 Some((Ok(NodeState::Removed), _)) => "removed",
                 Some(_) => "up",
             };
-            let (replicas, leaders) = per_node.get(&n.id).copied().unwrap_or_default();
-            NodeFigures { id: n.id, state, replicas, leaders }
+            let c = per_node.get(&n.id).copied().unwrap_or_default();
+            NodeFigures { id: n.id, state, replicas: c.replicas as u32, leaders: c.leaders as u32 }
         })
         .collect();
     let health =
