@@ -163,7 +163,7 @@ impl<S: StateMachine> RaftNode<S> {
             if led.is_empty() || tokio::time::Instant::now() >= deadline {
                 return led.len();
             }
-            let mut asked_any = false;
+            let (held, mut asked_any) = (led.len(), false);
             for s in led {
                 let target = s
                     .group
@@ -181,7 +181,7 @@ impl<S: StateMachine> RaftNode<S> {
             }
             if !asked_any {
                 // Groups of one voter: nobody to hand to.
-                return status.iter().filter(|s| s.is_leader).count();
+                return held;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
