@@ -348,10 +348,10 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
             .push((pick(format!("storenode {} gRPC", i + 1), g)?, pick(format!("storenode {} HTTP", i + 1), h)?));
     }
     let router_ports = (pick("router gRPC".into(), wanted.router.0)?, pick("router HTTP".into(), wanted.router.1)?);
-    let prometheus_bin = if a.no_prometheus { None } else { prometheus::find_binary() };
-    let prometheus_port = match prometheus_bin {
-        Some(_) => Some(pick("prometheus".into(), wanted.prometheus)?),
-        None => None,
+    // The Prometheus binary, and the port its UI gets.
+    let prometheus = match (a.no_prometheus, prometheus::find_binary()) {
+        (false, Some(bin)) => Some((bin, pick("prometheus".into(), wanted.prometheus)?)),
+        _ => None,
     };
 
     let rf = a.storenodes.min(3);
@@ -423,9 +423,9 @@ async fn start(a: StartArgs) -> anyhow::Result<()> {
     ];
     args.extend(a.passed_on(true));
     children.spawn(ri, args)?;
-    let prometheus_http = match (&prometheus_bin, prometheus_port) {
-        (Some(bin), Some(port)) => Some(start_prometheus(&mut children, dir, bin, port)?),
-        _ => None,
+    let prometheus_http = match &prometheus {
+        Some((bin, port)) => Some(start_prometheus(&mut children, dir, bin, *port)?),
+        None => None,
     };
     let procs: Vec<ProcessInfo> = children.0.iter().map(|(i, _)| i.clone()).collect();
     {
@@ -518,7 +518,7 @@ fn start_prometheus(children: &mut Children, dir: &Path, bin: &Path, port: u16) 
         log: dir.join("logs").join("prometheus.log"),
     };
     let http = info.http.clone();
-    let cmd = program(bin, &info, &prometheus::args(dir, &config, &http))?;
+    let cmd = program(bin, &info, &prometheus::args(&config, &info.data_dir, &http))?;
     children.spawn_command(cmd, info)?;
     Ok(http)
 }

@@ -60,12 +60,12 @@ pub fn write_targets(playground: &Path, procs: &[ProcessInfo]) -> anyhow::Result
     Ok(())
 }
 
-/// Prometheus's arguments: the config under `DIR/prometheus`, its data
-/// there too (two days kept), the UI on `http` (loopback).
-pub fn args(playground: &Path, config: &Path, http: &str) -> Vec<String> {
+/// Prometheus's arguments: the config, its TSDB directory `tsdb` (two days
+/// kept), the UI on `http` (loopback).
+pub fn args(config: &Path, tsdb: &Path, http: &str) -> Vec<String> {
     vec![
         format!("--config.file={}", config.display()),
-        format!("--storage.tsdb.path={}", dir(playground).join("data").display()),
+        format!("--storage.tsdb.path={}", tsdb.display()),
         "--storage.tsdb.retention.time=2d".into(),
         format!("--web.listen-address={http}"),
     ]
