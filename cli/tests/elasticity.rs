@@ -298,18 +298,28 @@ async fn a_placement_leader_killed_in_the_middle_of_a_move_leaves_it_done_or_rol
     let mut cluster = TestCluster::start(dir.path(), 3, 4, 1, 8);
     cluster.wait_serving(START_TIMEOUT).await;
     let pc = PlacementClient::new(cluster.placement.clone());
-    // Let the initial balancing finish (4 nodes, 24 replicas).
-    eventually("no operator in flight", MOVE_TIMEOUT, || async { operators(&pc).await?.is_empty().then_some(()) })
-        .await;
-    let map = shard_map(&pc).await.expect("map");
-    let d = map.shards[0].shard.clone().expect("descriptor");
-    let from = d.replicas[0].node_id;
-    let to = (1..=4u64).find(|n| !d.replicas.iter().any(|r| r.node_id == *n)).expect("a free node");
+    // Let the initial balancing finish (4 nodes, 24 replicas), then ask for
+    // a move. The balancer may still start one of its own between the two
+    // (placement then refuses ours for that shard): ask again, with the
+    // map as it is then, until placement takes it.
     let penv = [("RINGKV_PLACEMENT", cluster.placement[0].as_str())];
-    let args = ["shard", "move", &d.id.to_string(), "--from", &from.to_string(), "--to", &to.to_string()];
-    let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-    let (ok, out, err) = run_cli(&args, &penv);
-    assert!(ok, "{out}{err}");
+    let deadline = std::time::Instant::now() + MOVE_TIMEOUT;
+    let (d, from, to) = loop {
+        eventually("no operator in flight", MOVE_TIMEOUT, || async { operators(&pc).await?.is_empty().then_some(()) })
+            .await;
+        let map = shard_map(&pc).await.expect("map");
+        let d = map.shards[0].shard.clone().expect("descriptor");
+        let from = d.replicas[0].node_id;
+        let to = (1..=4u64).find(|n| !d.replicas.iter().any(|r| r.node_id == *n)).expect("a free node");
+        let args = ["shard", "move", &d.id.to_string(), "--from", &from.to_string(), "--to", &to.to_string()];
+        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
+        let (ok, out, err) = run_cli(&args, &penv);
+        if ok {
+            break (d, from, to);
+        }
+        assert!(err.contains("already has operator"), "the move is refused for another reason: {out}{err}");
+        assert!(std::time::Instant::now() < deadline, "the balancer never let a manual move in: {err}");
+    };
     let leader = cluster.placement_leader().await.expect("a placement leader");
     cluster.procs.kill9(&format!("placement-{leader}"));
 
