@@ -33,9 +33,12 @@ lint: setup
 fmt:
 	$(CARGO) fmt --all
 
-# Throughput and latency against a local 3-storenode cluster (release build).
+# ringkv against etcd, same machine, same sitting, one harness: the standard
+# loads (puts, gets, YCSB A/B/C/F, 1/64/256 clients) through a playground's
+# router and through etcd's KV API, CPU per op from /proc, a side-by-side
+# table (scripts/bench.sh; DURATION=seconds per phase, default 10).
 bench: build
-	$(RINGKV) bench
+	bash scripts/bench.sh $(RINGKV) $(if $(OUT),$(OUT))
 
 # Throughput through the router with 16, 64 and 256 shards on 3 storenodes.
 bench-shards: build

@@ -8,7 +8,10 @@
 #     playground starts one when it is installed
 #   - chromium (headless): the web console's browser test
 #   - python3-yaml: deploy/check_deploy.py reads the compose and k8s files
-# protoc comes from the protoc-bin-vendored crate; nothing else is needed.
+#   - protoc: the etcd-client crate (the bench's etcd target) compiles
+#     etcd's protos with it (ringkv's own protos use protoc-bin-vendored)
+#   - etcd-server: `ringkv bench --etcd` is tested against a real etcd, and
+#     `make bench` measures etcd beside ringkv in the same sitting
 set -euo pipefail
 
 need=()
@@ -35,6 +38,8 @@ if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     python3 -m pip install --quiet pyyaml >/dev/null 2>&1 || need+=(python3-yaml)
 fi
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -75,7 +75,8 @@ pub enum Command {
     /// Start a local cluster on 127.0.0.1 and keep it running until Ctrl-C;
     /// `playground scale-out|scale-in` change a running one.
     Playground(playground::Args),
-    /// Measure puts/s, gets/s and latency against a local 3-storenode cluster.
+    /// Measure throughput, latency and CPU per operation: of an in-process
+    /// cluster, a running one (through its routers) or etcd.
     Bench(bench::Args),
     /// A fault-injection run with a linearizability check (root, in a network
     /// namespace); `chaos check FILE` re-checks a recorded history on its own.

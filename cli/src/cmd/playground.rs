@@ -15,7 +15,7 @@
 //! While it runs, `ringkv playground scale-out` and `scale-in` change its
 //! storenodes (see [`scale`]).
 
-mod file;
+pub(crate) mod file;
 mod ports;
 mod procs;
 mod prometheus;

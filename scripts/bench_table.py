@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Side-by-side markdown table of `ringkv bench --json` results.
+
+Usage: scripts/bench_table.py results.jsonl
+
+Rows are (workload, key distribution, clients); columns are the targets in
+the order they first appear (etcd first when `make bench` ran it), each with
+ops/s, p50 and p99, then the ratio of every later target to the first one and
+CPU microseconds per operation (all accounted server processes).
+"""
+import json
+import sys
+
+
+def main(path):
+    rows, targets = {}, []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{n}: not JSON: {e}")
+            key = (r["workload"], r["distribution"], r["clients"])
+            if r["target"] not in targets:
+                targets.append(r["target"])
+            rows.setdefault(key, {})[r["target"]] = r
+    if not targets:
+        sys.exit(f"{path}: no results")
+    base = targets[0]
+    head = ["load"]
+    for t in targets:
+        head += [f"{t} ops/s", f"{t} p50 / p99 ms", f"{t} CPU µs/op"]
+    head += [f"{t} / {base}" for t in targets[1:]]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for (workload, dist, clients), by in rows.items():
+        cells = [f"{workload}, {dist}, {clients} client{'s' if clients != 1 else ''}"]
+        for t in targets:
+            r = by.get(t)
+            if r is None:
+                cells += ["–"] * 3
+                continue
+            cpu = r.get("cpu_us_per_op")
+            cells += [
+                f"{r['ops_per_sec']:,.0f}" + (f" ({r['errors']} errors)" if r["errors"] else ""),
+                f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}",
+                "–" if cpu is None else f"{cpu:.0f}",
+            ]
+        for t in targets[1:]:
+            a, b = by.get(t), by.get(base)
+            cells.append(f"{a['ops_per_sec'] / b['ops_per_sec']:.2f}×" if a and b and b["ops_per_sec"] else "–")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
