@@ -6,7 +6,9 @@
 //! 3. for every replica with a `Ready`: take read states, route the messages
 //!    that may leave before persistence, and add snapshot / entries / hard
 //!    state to ONE WriteBatch shared by all replicas;
-//! 4. write that batch with `sync = true` — a single fsync however many
+//! 4. send those messages (a leader's appends: followers persist in parallel
+//!    with the leader, which counts itself in the quorum only after step 5's
+//!    `advance_append`), then write that batch with `sync = true` — a single fsync however many
 //!    replicas had work (group commit across groups) — when any Ready must
 //!    be synced (entries, a snapshot, a new term or vote); a batch that only
 //!    moves commit indexes is written without an fsync, as etcd does;

@@ -120,6 +120,12 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             must_sync |= rd.must_sync();
             readies.push((*id, rd));
         }
+        // What raft-rs lets leave before persistence (a leader's appends and
+        // heartbeats) goes now, so the followers' fsyncs overlap the
+        // leader's own (Raft thesis §10.2.1): a leader counts itself in the
+        // quorum only once its entries are persisted (`advance_append`
+        // below), so committing still needs a majority of synced logs.
+        self.flush(std::mem::take(&mut out));
         if !wb.is_empty() {
             // A failed write of Raft state leaves Raft's promises unknowable:
             // stop the process rather than answer anything (as etcd and TiKV do).
@@ -136,7 +142,6 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         // Entries this pass applies count as committed from here: their
         // commit is durable and known. One instant for all of them.
         let committed_at = Instant::now();
-        self.flush(std::mem::take(&mut out));
         for (id, index, st) in installs {
             self.start_install(id, index, st);
         }
