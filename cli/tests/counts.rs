@@ -19,6 +19,8 @@ struct Counts {
     apply_writes: u64,
     batches: u64,
     requests: u64,
+    /// Messages the router sent on its Batch streams.
+    stream_messages: u64,
 }
 
 fn counts(cluster: &TestCluster) -> Counts {
@@ -30,17 +32,21 @@ fn counts(cluster: &TestCluster) -> Counts {
         c.batches += metric(&text, "ringkv_raft_message_batches_sent_total", "");
         c.requests += metric(&text, "ringkv_storenode_requests_total", "method=\"put\"");
     }
+    for http in &cluster.router_http {
+        c.stream_messages += metric(&scrape(http), "ringkv_router_batch_commands_per_message_count", "");
+    }
     c
 }
 
 /// Per put between two readings.
-fn per_put(before: Counts, after: Counts, puts: u64) -> [f64; 4] {
+fn per_put(before: Counts, after: Counts, puts: u64) -> [f64; 5] {
     let d = |a: u64, b: u64| (a - b) as f64 / puts as f64;
     [
         d(after.fsyncs, before.fsyncs),
         d(after.apply_writes, before.apply_writes),
         d(after.batches, before.batches),
         d(after.requests, before.requests),
+        d(after.stream_messages, before.stream_messages),
     ]
 }
 
@@ -63,14 +69,17 @@ async fn a_put_costs_few_fsyncs_writes_and_messages_and_batching_cuts_them() {
     for i in 0..puts {
         client.put(format!("one-{i}").as_bytes(), b"v").await.expect("put");
     }
-    let [fsyncs, writes, batches, requests] = per_put(before, counts(&cluster), puts);
+    let [fsyncs, writes, batches, requests, messages] = per_put(before, counts(&cluster), puts);
     eprintln!(
-        "1 client: per put {fsyncs:.2} fsyncs, {writes:.2} apply writes, {batches:.2} batches, {requests:.2} calls"
+        "1 client: per put {fsyncs:.2} fsyncs, {writes:.2} apply writes, {batches:.2} batches, {requests:.2} calls, \
+         {messages:.2} router stream messages"
     );
     assert!(fsyncs <= 3.5, "fsyncs per put, one client: {fsyncs:.2}");
     assert!(writes <= 4.0, "apply writes per put, one client: {writes:.2}");
     assert!(batches <= 9.0, "message batches per put, one client: {batches:.2}");
     assert!((1.0..=1.1).contains(&requests), "ShardKv calls per put: {requests:.2}");
+    // Every put went over the router's Batch stream, one message each.
+    assert!((0.9..=1.1).contains(&messages), "router stream messages per put, one client: {messages:.2}");
 
     // 32 clients at once: passes carry many puts, one fsync and one apply
     // write each per node, and messages to a node share a batch.
@@ -94,10 +103,16 @@ async fn a_put_costs_few_fsyncs_writes_and_messages_and_batching_cuts_them() {
     for t in tasks {
         t.await.expect("writer");
     }
-    let [fsyncs, writes, batches, requests] = per_put(before, counts(&cluster), clients as u64 * each);
-    eprintln!("{clients} clients: per put {fsyncs:.2} fsyncs, {writes:.2} apply writes, {batches:.2} batches, {requests:.2} calls");
+    let [fsyncs, writes, batches, requests, messages] = per_put(before, counts(&cluster), clients as u64 * each);
+    eprintln!(
+        "{clients} clients: per put {fsyncs:.2} fsyncs, {writes:.2} apply writes, {batches:.2} batches, \
+         {requests:.2} calls, {messages:.2} router stream messages"
+    );
     assert!(fsyncs <= 2.0, "fsyncs per put, {clients} clients (no group commit?): {fsyncs:.2}");
     assert!(writes <= 2.0, "apply writes per put, {clients} clients: {writes:.2}");
     assert!(batches <= 4.0, "message batches per put, {clients} clients (no batching?): {batches:.2}");
     assert!((1.0..=1.1).contains(&requests), "ShardKv calls per put: {requests:.2}");
+    // The router coalesces calls to one storenode: ~0.33 messages per put
+    // here, 1 without coalescing.
+    assert!(messages <= 0.6, "router stream messages per put, {clients} clients (no coalescing?): {messages:.2}");
 }

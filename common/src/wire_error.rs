@@ -5,6 +5,7 @@
 
 use prost::Message;
 use ringkv_proto::error::{self as pb, shard_error::Kind};
+use ringkv_proto::kv::CallStatus;
 use ringkv_proto::meta::{Replica, ShardDescriptor};
 use tonic::{Code, Status};
 
@@ -152,6 +153,22 @@ impl WireError {
     }
 }
 
+/// A status as the wire form a `Batch` answer carries: code, message and
+/// the typed error of its details.
+pub fn call_status(s: &Status) -> CallStatus {
+    let error = if s.details().is_empty() { None } else { pb::ShardError::decode(s.details()).ok() };
+    CallStatus { code: s.code() as i32, message: s.message().to_string(), error }
+}
+
+/// The status a [`CallStatus`] stands for (the inverse of [`call_status`]).
+pub fn status_of_call(c: CallStatus) -> Status {
+    let code = Code::from_i32(c.code);
+    match c.error {
+        Some(e) => Status::with_details(code, c.message, e.encode_to_vec().into()),
+        None => Status::new(code, c.message),
+    }
+}
+
 impl From<WireError> for Status {
     fn from(e: WireError) -> Status {
         e.to_status(e.to_string())
@@ -186,7 +203,14 @@ mod tests {
             assert_eq!(s.code(), e.code());
             assert_eq!(WireError::from_status(&s), e);
             assert!(!e.is_transport());
+            // A Batch answer carries the same error.
+            let back = status_of_call(call_status(&s));
+            assert_eq!((back.code(), back.message()), (s.code(), s.message()));
+            assert_eq!(WireError::from_status(&back), e);
         }
+        let bare = status_of_call(call_status(&Status::unavailable("gone")));
+        assert!(WireError::from_status(&bare).is_transport());
+        assert_eq!(bare.code(), Code::Unavailable);
     }
 
     #[test]

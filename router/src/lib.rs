@@ -4,7 +4,8 @@
 //! within the caller's deadline. Any number of routers can run at once.
 //!
 //! - [`shard_map`]: the cached map and its refresher.
-//! - [`routing`]: one call to a shard leader, with retries.
+//! - [`routing`]: one call to a shard leader, with retries; [`batch`]: the
+//!   Batch stream that carries single-key calls to a storenode.
 //! - [`service`]: the public `Kv` gRPC service.
 //! - [`http`]: the HTTP/JSON gateway; [`metrics`]: what it counts.
 //! - [`trace`]: a call's id and hops, for its span and the slow-request log.
@@ -16,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod console;
 pub mod http;
 pub mod metrics;

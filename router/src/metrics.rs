@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
-use ringkv_common::metrics::{counter_vec, gauge, histogram_vec, register_process_metrics};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, Registry};
+use ringkv_common::metrics::{counter_vec, gauge, histogram, histogram_vec, register_process_metrics};
 use ringkv_common::WireError;
 use ringkv_proto::api::{Error as ApiError, ErrorCode};
 
@@ -27,6 +27,7 @@ struct Metrics {
     /// pushed: the map is current); else when the router last was in sync.
     out_of_sync_since: Mutex<Option<Instant>>,
     slow_requests: IntCounterVec,
+    batch_commands: Histogram,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -61,6 +62,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "ringkv_router_slow_requests_total",
             "API calls slower than --slow-request-ms (each logged once)",
             &["op"],
+        ),
+        batch_commands: histogram(
+            r,
+            "ringkv_router_batch_commands_per_message",
+            "Calls per message sent on a storenode's ShardKv Batch stream",
+            prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets"),
         ),
         out_of_sync_since: Mutex::new(Some(Instant::now())),
         registry,
@@ -136,6 +143,11 @@ pub fn map_in_sync(open: bool) {
         (false, None) => *since = Some(Instant::now()),
         (false, Some(_)) => {}
     }
+}
+
+/// Records one message sent on a Batch stream carrying `n` calls.
+pub fn batch_sent(n: usize) {
+    METRICS.batch_commands.observe(n as f64);
 }
 
 /// Counts a call of `op` logged as slow.

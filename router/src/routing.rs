@@ -15,19 +15,76 @@ use parking_lot::Mutex;
 use rand::Rng;
 use ringkv_common::net::connect;
 use ringkv_common::wire_error::WireError;
+use ringkv_proto::kv::batch_answer::Answer;
+use ringkv_proto::kv::batch_command::Request as Command;
 use ringkv_proto::kv::shard_kv_client::ShardKvClient;
-use ringkv_proto::kv::RequestContext;
+use ringkv_proto::kv::{
+    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
+    CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
+    RequestContext, ScanRequest, ScanResponse, TxnRequest, TxnResponse,
+};
 use ringkv_proto::meta::ShardDescriptor;
 use tokio::sync::Semaphore;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::batch::BatchStream;
 use crate::shard_map::ShardMapCache;
 use crate::trace::{storenode_hops, AttemptHop, CallTrace, SendRequestId};
 
-/// A storenode client whose requests carry the call's request id.
-pub type ShardClient = ShardKvClient<InterceptedService<Channel, SendRequestId>>;
+/// A storenode client for one attempt. Get, Put, Delete and CompareAndSwap
+/// go over the node's Batch stream when the router uses one; the other calls
+/// (and every call to a node without Batch) go unary. Either way they carry
+/// the call's request id and answer with the storenode's timing metadata.
+#[derive(Clone)]
+pub struct ShardClient {
+    unary: ShardKvClient<InterceptedService<Channel, SendRequestId>>,
+    batch: Option<BatchStream>,
+    request_id: Option<AsciiMetadataValue>,
+}
+
+/// The ShardKv calls a [`ShardClient`] makes: single-key ones over the
+/// Batch stream or unary, the rest unary.
+macro_rules! single_key_calls {
+    ($($name:ident($req:ty) -> $resp:ty = $variant:ident;)*) => {$(
+        /// The ShardKv call of this name.
+        pub async fn $name(&mut self, req: $req) -> Result<tonic::Response<$resp>, Status> {
+            match &self.batch {
+                Some(b) => {
+                    let unwrap = |a| match a { Answer::$variant(r) => Some(r), _ => None };
+                    b.call(Command::$variant(req), self.request_id.as_ref(), unwrap).await
+                }
+                None => self.unary.$name(req).await,
+            }
+        }
+    )*};
+}
+
+macro_rules! unary_calls {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {$(
+        /// The ShardKv call of this name (always unary).
+        pub async fn $name(&mut self, req: $req) -> Result<tonic::Response<$resp>, Status> {
+            self.unary.$name(req).await
+        }
+    )*};
+}
+
+impl ShardClient {
+    single_key_calls! {
+        get(GetRequest) -> GetResponse = Get;
+        put(PutRequest) -> PutResponse = Put;
+        delete(DeleteRequest) -> DeleteResponse = Delete;
+        compare_and_swap(CompareAndSwapRequest) -> CompareAndSwapResponse = CompareAndSwap;
+    }
+    unary_calls! {
+        batch_get(BatchGetRequest) -> BatchGetResponse;
+        batch_put(BatchPutRequest) -> BatchPutResponse;
+        txn(TxnRequest) -> TxnResponse;
+        scan(ScanRequest) -> ScanResponse;
+    }
+}
 
 /// Why a routed call failed, in the terms of the public API.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -88,6 +145,9 @@ pub struct Router {
     /// Where shards and their leaders are.
     pub map: Arc<ShardMapCache>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Each storenode's Batch stream, when `batch_calls`.
+    batches: Mutex<HashMap<String, BatchStream>>,
+    batch_calls: bool,
     /// Calls in flight; past the limit new ones are shed (Overloaded) rather
     /// than queued, so an overloaded cluster answers fast instead of late.
     inflight: Semaphore,
@@ -96,7 +156,40 @@ pub struct Router {
 impl Router {
     /// A router over `map` that sheds calls past `max_inflight` (at least 1) in flight.
     pub fn new(map: Arc<ShardMapCache>, max_inflight: usize) -> Self {
-        Router { map, channels: Mutex::new(HashMap::new()), inflight: Semaphore::new(max_inflight.max(1)) }
+        Router {
+            map,
+            channels: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
+            batch_calls: true,
+            inflight: Semaphore::new(max_inflight.max(1)),
+        }
+    }
+
+    /// Whether single-key calls go over Batch streams (the default) or unary.
+    pub fn with_batch_calls(mut self, on: bool) -> Self {
+        self.batch_calls = on;
+        self
+    }
+
+    /// `addr`'s Batch stream over `ch`: the open one, or a new one in place
+    /// of one that failed. `None` when the node does not serve Batch.
+    fn batch_stream(&self, addr: &str, ch: &Channel) -> Option<BatchStream> {
+        let mut batches = self.batches.lock();
+        let stream = match batches.get(addr) {
+            Some(b) if !b.is_closed() => b.clone(),
+            _ => {
+                let b = BatchStream::open(ch.clone());
+                batches.insert(addr.to_string(), b.clone());
+                b
+            }
+        };
+        (!stream.is_unsupported()).then_some(stream)
+    }
+
+    /// Forgets `addr`'s connection and stream after a transport failure.
+    fn forget(&self, addr: &str) {
+        self.channels.lock().remove(addr);
+        self.batches.lock().remove(addr);
     }
 
     async fn client(&self, addr: &str, id: SendRequestId) -> Result<ShardClient, WireError> {
@@ -109,7 +202,9 @@ impl Router {
                 ch
             }
         };
-        Ok(ShardKvClient::with_interceptor(ch, id))
+        let batch = if self.batch_calls { self.batch_stream(addr, &ch) } else { None };
+        let request_id = id.0.clone();
+        Ok(ShardClient { unary: ShardKvClient::with_interceptor(ch, id), batch, request_id })
     }
 
     /// Runs `f` against the leader of the target shard
@@ -233,7 +328,7 @@ impl Router {
                     // No typed answer: the request may have reached the leader
                     // and been proposed before the connection failed.
                     WireError::Transport { code, message } => {
-                        self.channels.lock().remove(&addr);
+                        self.forget(&addr);
                         Err(WireError::Ambiguous(format!("{code}: {message}")))
                     }
                     typed => Err(typed),

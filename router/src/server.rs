@@ -33,6 +33,9 @@ pub struct RouterConfig {
     /// Calls slower than this are logged once at WARN with every hop
     /// (zero: every call).
     pub slow_request: Duration,
+    /// Whether single-key calls go over each storenode's ShardKv Batch
+    /// stream (else one unary call each).
+    pub batch_calls: bool,
 }
 
 /// Entry point: [`RouterServer::start`] runs one router in this process.
@@ -60,7 +63,7 @@ impl RouterServer {
         let mut serving = Serving::default();
         let placement = Arc::new(PlacementClient::new(cfg.placement.clone()));
         let map = ShardMapCache::new(placement.clone());
-        let router = Arc::new(Router::new(map.clone(), cfg.max_inflight));
+        let router = Arc::new(Router::new(map.clone(), cfg.max_inflight).with_batch_calls(cfg.batch_calls));
         let svc = KvService::new(router, cfg.limits.clone(), cfg.default_timeout).with_slow_request(cfg.slow_request);
         let stopped = serving.stopped();
         serving.spawn(map.clone().run(stopped));

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec};
-use ringkv_common::metrics::{counter_vec, float_gauge_vec, gauge_vec, histogram_vec};
+use prometheus::{GaugeVec, Histogram, HistogramVec, IntCounterVec, IntGaugeVec};
+use ringkv_common::metrics::{counter_vec, float_gauge_vec, gauge_vec, histogram, histogram_vec};
 use ringkv_raft::RaftMetrics;
 
 /// The storenode's metrics.
@@ -30,6 +30,9 @@ pub struct Metrics {
     pub shard_reads: GaugeVec,
     /// Leader only: writes per second over the last heartbeat interval.
     pub shard_writes: GaugeVec,
+    /// Answers per message sent on a `Batch` stream (how many calls one
+    /// HTTP/2 frame carries back to a router).
+    pub batch_answers: Histogram,
     /// Shards whose size and load series are exported now.
     load_exported: Mutex<HashSet<u64>>,
 }
@@ -91,6 +94,12 @@ impl Metrics {
                 "ringkv_storenode_slow_requests_total",
                 "ShardKv requests slower than --slow-request-ms, by method (each logged once)",
                 &["method"],
+            ),
+            batch_answers: histogram(
+                r,
+                "ringkv_storenode_batch_answers_per_message",
+                "Answers per message sent on a ShardKv Batch stream",
+                prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets"),
             ),
             load_exported: Mutex::new(HashSet::new()),
             raft,

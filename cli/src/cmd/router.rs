@@ -40,6 +40,20 @@ pub struct Args {
     /// their request id and every hop (0: every call). Default 500.
     #[arg(long, env = "RINGKV_SLOW_REQUEST_MS")]
     slow_request_ms: Option<u64>,
+    /// How single-key calls reach storenodes: `batch` (many per message over
+    /// one stream per storenode) or `unary` (a gRPC call each). Default batch.
+    #[arg(long, value_enum, env = "RINGKV_SHARD_CALLS")]
+    shard_calls: Option<ShardCalls>,
+}
+
+/// How the router sends single-key calls to storenodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardCalls {
+    /// Over one ShardKv Batch stream per storenode, coalesced.
+    Batch,
+    /// One unary gRPC call each.
+    Unary,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -69,6 +83,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         limits: Limits::default(),
         max_inflight: a.max_inflight.or(f.max_inflight).unwrap_or(10_000).max(1),
         slow_request: Duration::from_millis(a.slow_request_ms.or(f.slow_request_ms).unwrap_or(500)),
+        batch_calls: a.shard_calls.or(f.shard_calls).unwrap_or(ShardCalls::Batch) == ShardCalls::Batch,
     };
     let h = RouterServer::start(cfg).await?;
     println!("router serving gRPC on {} and HTTP on {:?}", h.grpc_addr, h.http_addr);

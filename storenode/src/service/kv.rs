@@ -20,13 +20,13 @@ use tracing::Instrument;
 
 use ringkv_proto::kv::shard_kv_server::ShardKv;
 use ringkv_proto::kv::{
-    BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
+    BatchCommands, BatchGetRequest, BatchGetResponse, BatchPutRequest, BatchPutResponse, CompareAndSwapRequest,
     CompareAndSwapResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, GetResult, KvPair, PutRequest,
     PutResponse, ReadConsistency, RequestContext, ScanRequest, ScanResponse, TxnRequest, TxnResponse,
 };
 use ringkv_proto::meta::ShardDescriptor;
 use ringkv_proto::storage::{shard_command::Op, shard_command_result::Result as CmdResult, ShardCommand};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use ringkv_raft::engine::{Cf, Engine};
 use ringkv_raft::{LoopHandle, LoopRequest, ReadMode, Timings};
@@ -42,7 +42,9 @@ const MAX_REQUEST_ID_BYTES: usize = 64;
 /// Pairs one Scan call returns at most.
 pub const MAX_SCAN_LIMIT: usize = 10_000;
 
-/// The ShardKv service of one storenode.
+/// The ShardKv service of one storenode (cloned per `Batch` stream: every
+/// field is a handle).
+#[derive(Clone)]
 pub struct KvService {
     loop_handle: LoopHandle<ShardStateMachine>,
     engine: Engine,
@@ -128,6 +130,11 @@ impl KvService {
             load,
             slow_request: Duration::from_millis(500),
         }
+    }
+
+    /// The storenode's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Logs calls slower than `d` (zero: every call) once, with their hops.
@@ -530,6 +537,12 @@ impl ShardKv for KvService {
             }
         })
         .await
+    }
+
+    type BatchStream = super::batch::AnswerStream;
+
+    async fn batch(&self, req: Request<Streaming<BatchCommands>>) -> Result<Response<Self::BatchStream>, Status> {
+        Ok(super::batch::serve(self.clone(), req.into_inner()))
     }
 
     async fn scan(&self, req: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {

@@ -2,4 +2,5 @@
 //! with the transport in [`crate::raft::transport`]).
 
 pub mod admin;
+pub mod batch;
 pub mod kv;

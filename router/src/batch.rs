@@ -1,0 +1,214 @@
+//! The router's side of ShardKv's `Batch` stream: one long-lived stream per
+//! storenode carries every Get, Put, Delete and CompareAndSwap the router
+//! sends there (as TiKV's client does with BatchCommands). Calls queue for
+//! the stream's writer task, which sends whatever has queued while the last
+//! message was going out as one message, so concurrency turns into batching
+//! without a timer; a reader task hands each answer to its caller by id.
+//!
+//! A stream that fails (the storenode died, the connection broke) fails
+//! every call waiting on it with `Unavailable` and no typed error — what a
+//! unary call gets from a broken connection, so the retry rules are the
+//! same: a write is then ambiguous and retried under its request id. The
+//! router opens a new stream on the next call. A storenode that does not
+//! know `Batch` (an older version during a rolling upgrade) answers
+//! `Unimplemented`; the stream is then marked unsupported and calls to that
+//! node go unary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use ringkv_common::trace::TIMING_HEADER;
+use ringkv_common::wire_error::status_of_call;
+use ringkv_proto::kv::batch_answer::Answer;
+use ringkv_proto::kv::batch_command::Request as Command;
+use ringkv_proto::kv::shard_kv_client::ShardKvClient;
+use ringkv_proto::kv::{BatchAnswer, BatchCommand, BatchCommands};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Response, Status};
+
+/// Calls per message at most (a message stays far under the gRPC limit).
+const MAX_COMMANDS: usize = 256;
+/// The largest message a storenode's answers may take (as unary calls).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+type Reply = oneshot::Sender<Result<BatchAnswer, Status>>;
+
+/// A call waiting for the writer.
+struct Queued {
+    command: Command,
+    request_id: String,
+    reply: Reply,
+}
+
+/// The calls a stream has sent and not yet seen answered.
+#[derive(Default)]
+struct Waiting {
+    /// Set once the stream failed: no call is accepted after it.
+    closed: bool,
+    /// The storenode answered `Unimplemented`: use unary calls.
+    unsupported: bool,
+    next_id: u64,
+    calls: HashMap<u64, Reply>,
+}
+
+impl Waiting {
+    /// Gives `q` an id and adds it to `commands`, or fails it if the stream
+    /// has closed.
+    fn enqueue(&mut self, q: Queued, commands: &mut Vec<BatchCommand>) {
+        if self.closed {
+            let _ = q.reply.send(Err(Status::unavailable("batch stream to the storenode closed")));
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.calls.insert(id, q.reply);
+        commands.push(BatchCommand { id, request_id: q.request_id, request: Some(q.command) });
+    }
+
+    /// Fails every waiting call with `status`; later calls fail at once.
+    fn close(&mut self, status: &Status) {
+        self.closed = true;
+        for (_, reply) in self.calls.drain() {
+            let _ = reply.send(Err(status.clone()));
+        }
+    }
+}
+
+/// One storenode's Batch stream, shared by every call to it.
+#[derive(Clone)]
+pub struct BatchStream {
+    queue: mpsc::UnboundedSender<Queued>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+impl BatchStream {
+    /// Opens a stream over `channel` (the tasks live until it fails or
+    /// every handle is dropped).
+    pub fn open(channel: Channel) -> BatchStream {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        tokio::spawn(run(channel, rx, waiting.clone()));
+        BatchStream { queue, waiting }
+    }
+
+    /// Whether the stream failed (open a new one).
+    pub fn is_closed(&self) -> bool {
+        self.waiting.lock().closed && !self.is_unsupported()
+    }
+
+    /// Whether the storenode does not serve `Batch` (call it unary).
+    pub fn is_unsupported(&self) -> bool {
+        self.waiting.lock().unsupported
+    }
+
+    /// Sends one call and waits for its answer: the response a unary call
+    /// would have returned, `ringkv-timing` metadata included.
+    pub async fn call<T>(
+        &self,
+        command: Command,
+        request_id: Option<&AsciiMetadataValue>,
+        unwrap: fn(Answer) -> Option<T>,
+    ) -> Result<Response<T>, Status> {
+        let (reply, answer) = oneshot::channel();
+        let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let closed = || Status::unavailable("batch stream to the storenode closed");
+        self.queue.send(Queued { command, request_id, reply }).map_err(|_| closed())?;
+        let a = answer.await.map_err(|_| closed())??;
+        match a.answer {
+            Some(Answer::Failed(s)) => {
+                let mut status = status_of_call(s);
+                insert_timing(status.metadata_mut(), &a.timing);
+                Err(status)
+            }
+            Some(other) => {
+                let r = unwrap(other).ok_or_else(|| Status::internal("batch answer of the wrong kind"))?;
+                let mut resp = Response::new(r);
+                insert_timing(resp.metadata_mut(), &a.timing);
+                Ok(resp)
+            }
+            None => Err(Status::internal("empty batch answer")),
+        }
+    }
+}
+
+fn insert_timing(meta: &mut tonic::metadata::MetadataMap, timing: &str) {
+    if let Ok(v) = AsciiMetadataValue::try_from(timing) {
+        meta.insert(TIMING_HEADER, v);
+    }
+}
+
+/// Opens the stream, then reads answers until it ends; the writer runs
+/// beside it.
+async fn run(channel: Channel, queue: mpsc::UnboundedReceiver<Queued>, waiting: Arc<Mutex<Waiting>>) {
+    let (out, out_rx) = mpsc::channel(1);
+    let writer = tokio::spawn(write(queue, out, waiting.clone()));
+    let mut client = ShardKvClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let end = match client.batch(ReceiverStream::new(out_rx)).await {
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            loop {
+                match answers.message().await {
+                    Ok(Some(m)) => deliver(&waiting, m.answers),
+                    Ok(None) => break Status::unavailable("batch stream ended by the storenode"),
+                    Err(s) => break Status::unavailable(format!("batch stream: {}", s.message())),
+                }
+            }
+        }
+        Err(s) => {
+            if s.code() == Code::Unimplemented {
+                tracing::info!("storenode does not serve Batch streams: calling it unary");
+                waiting.lock().unsupported = true;
+            }
+            Status::unavailable(format!("opening a batch stream: {}", s.message()))
+        }
+    };
+    waiting.lock().close(&end);
+    writer.abort();
+}
+
+fn deliver(waiting: &Mutex<Waiting>, answers: Vec<BatchAnswer>) {
+    let mut w = waiting.lock();
+    for a in answers {
+        // A caller that gave up (its deadline passed) dropped its receiver.
+        if let Some(reply) = w.calls.remove(&a.id) {
+            let _ = reply.send(Ok(a));
+        }
+    }
+}
+
+/// Sends queued calls, as many per message as have queued.
+async fn write(
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    out: mpsc::Sender<BatchCommands>,
+    waiting: Arc<Mutex<Waiting>>,
+) {
+    while let Some(first) = queue.recv().await {
+        // Let the calls that are being made right now (woken by the same
+        // answers) queue too: one turn of the scheduler, not a timer.
+        tokio::task::yield_now().await;
+        let mut commands = Vec::new();
+        {
+            let mut w = waiting.lock();
+            w.enqueue(first, &mut commands);
+            while commands.len() < MAX_COMMANDS {
+                match queue.try_recv() {
+                    Ok(q) => w.enqueue(q, &mut commands),
+                    Err(_) => break,
+                }
+            }
+        }
+        if commands.is_empty() {
+            continue;
+        }
+        crate::metrics::batch_sent(commands.len());
+        // Waiting for room here is what batches: calls queue meanwhile.
+        if out.send(BatchCommands { commands }).await.is_err() {
+            waiting.lock().close(&Status::unavailable("batch stream to the storenode closed"));
+            return;
+        }
+    }
+}
