@@ -32,18 +32,6 @@ fn every_command_line_in_deploy_is_accepted_and_the_files_agree() {
     assert!(n >= 9, "command lines checked: {text}");
 }
 
-/// Children killed when dropped, whatever the test's outcome.
-struct Kids(Vec<std::process::Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn servers_take_every_setting_from_ringkv_environment_variables() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -63,7 +51,7 @@ fn servers_take_every_setting_from_ringkv_environment_variables() {
             .expect("spawn")
     };
     let data = |name: &str| dir.path().join(name).display().to_string();
-    let mut kids = Kids(Vec::new());
+    let mut kids = common::Kids(Vec::new());
     kids.0.push(spawn(
         "placement",
         vec![

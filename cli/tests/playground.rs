@@ -211,16 +211,6 @@ impl Drop for Playground {
     }
 }
 
-/// A `sleep` child killed when dropped.
-struct Sleeper(Child);
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn playground_serves_when_a_port_it_wants_is_taken_and_records_the_fallback() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -297,11 +287,11 @@ fn scale_out_adds_a_storenode_that_stopping_the_playground_stops_too() {
     assert!(err.contains("1, 2, 3, 4"), "lists the storenodes: {err}");
     // A node placement refuses to decommission (here: one it never saw,
     // recorded by hand with a process that must survive).
-    let sleeper = Sleeper(std::process::Command::new("sleep").arg("600").spawn().expect("spawn sleep"));
+    let sleeper = common::Kids(vec![std::process::Command::new("sleep").arg("600").spawn().expect("spawn sleep")]);
     let mut procs = pg.procs();
     let mut fake = added.clone();
     fake["id"] = 99.into();
-    fake["pid"] = sleeper.0.id().into();
+    fake["pid"] = sleeper.0[0].id().into();
     procs.push(fake);
     std::fs::write(pg.dir.join("playground.json"), serde_json::to_string_pretty(&procs).expect("JSON"))
         .expect("write playground.json");
@@ -312,7 +302,7 @@ fn scale_out_adds_a_storenode_that_stopping_the_playground_stops_too() {
         "{err}"
     );
     assert!(err.contains("nothing was stopped"), "{err}");
-    assert!(alive(sleeper.0.id()) && alive(pid), "nothing was stopped");
+    assert!(alive(sleeper.0[0].id()) && alive(pid), "nothing was stopped");
     assert!(pg.find("storenode", 99).is_some(), "playground.json unchanged");
 
     // The balance is visible: node 4 gets its share of the 12 replicas.
@@ -349,7 +339,7 @@ fn scale_out_adds_a_storenode_that_stopping_the_playground_stops_too() {
     let pid = u32::try_from(added["pid"].as_u64().expect("pid")).expect("a pid");
     assert!(pg.stop().success(), "{}", pg.output());
     assert!(wait_gone(pid, Duration::from_secs(5)), "stopping the playground stopped the added storenode (pid {pid})");
-    assert!(alive(sleeper.0.id()), "a recorded pid that is not a ringkv process of the playground is left alone");
+    assert!(alive(sleeper.0[0].id()), "a recorded pid that is not a ringkv process of the playground is left alone");
 }
 
 #[test]

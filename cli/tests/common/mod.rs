@@ -50,6 +50,19 @@ struct Proc {
     child: Option<Child>,
 }
 
+/// Children (not ringkv's: etcd, `sleep`, or ringkv with its own
+/// environment) killed when dropped, whatever the test's outcome.
+pub struct Kids(pub Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Named processes that can be killed and restarted with the same arguments.
 pub struct Procs {
     dir: PathBuf,
@@ -117,6 +130,11 @@ impl Procs {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id of `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name)?.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self, name: &str) -> bool {

@@ -106,17 +106,16 @@ async fn closed(conns: &[Conn], load: &Load) -> anyhow::Result<(Tally, Histogram
 async fn open(conns: &[Conn], load: &Load, rate: f64) -> anyhow::Result<(Tally, Histogram<u64>)> {
     anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
     let interval = Duration::from_secs_f64(1.0 / rate);
+    // Exactly rate × duration operations, each due at its slot.
+    let total = (rate * load.duration.as_secs_f64()).round() as u64;
     let slots = Arc::new(tokio::sync::Semaphore::new(load.clients));
     let shared = Arc::new(Mutex::new((Tally::default(), histogram())));
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let value: Arc<[u8]> = vec![b'v'; load.value_size].into();
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0u64.. {
+    for i in 0..total {
         let due = start + interval.mul_f64(i as f64);
-        if due.duration_since(start) >= load.duration {
-            break;
-        }
         tokio::time::sleep_until(due).await;
         // Waiting for a slot is part of the operation's latency: it was due.
         let permit = slots.clone().acquire_owned().await?;
