@@ -6,7 +6,8 @@ Usage: scripts/bench_table.py results.jsonl
 Rows are (workload, key distribution, clients); columns are the targets in
 the order they first appear (etcd first when `make bench` ran it), each with
 ops/s, p50 and p99, then the ratio of every later target to the first one and
-CPU microseconds per operation (all accounted server processes).
+CPU microseconds per operation (all accounted server processes); an
+`idle` row gives the servers' CPU per second with no load instead.
 """
 import json
 import sys
@@ -43,6 +44,10 @@ def main(path):
             if r is None:
                 cells += ["–"] * 3
                 continue
+            if workload == "idle":
+                cores = r.get("cpu_cores") or 0.0
+                cells += ["–", "–", f"{cores * 100:.1f} % of a core"]
+                continue
             cpu = r.get("cpu_us_per_op")
             cells += [
                 f"{r['ops_per_sec']:,.0f}" + (f" ({r['errors']} errors)" if r["errors"] else ""),
@@ -52,6 +57,9 @@ def main(path):
         for t in targets[1:]:
             a, b = by.get(t), by.get(base)
             cells.append(f"{a['ops_per_sec'] / b['ops_per_sec']:.2f}×" if a and b and b["ops_per_sec"] else "–")
+        if workload == "idle":
+            cells[0] = "idle (no load)"
+
         print("| " + " | ".join(cells) + " |")
 
 

@@ -212,3 +212,186 @@ async fn write(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use ringkv_common::wire_error::{call_status, WireError};
+    use ringkv_proto::kv::shard_kv_server::{ShardKv, ShardKvServer};
+    use ringkv_proto::kv::*;
+    use tokio_stream::Stream;
+    use tonic::{Request, Streaming};
+
+    use super::*;
+
+    /// How the fake storenode treats Batch streams.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Answers every command: a get with its key as the value, a put
+        /// with a typed NotLeader.
+        Serve,
+        /// An older storenode: `Unimplemented`.
+        Unknown,
+        /// Takes the first message, then ends the stream with an error (the
+        /// storenode went away with the calls unanswered).
+        Break,
+    }
+
+    struct Fake(Mode);
+
+    fn no<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    fn not_leader() -> Status {
+        let e = WireError::NotLeader { shard_id: 7, leader: None, leader_address: String::new() };
+        e.to_status(e.to_string())
+    }
+
+    type Answers = Pin<Box<dyn Stream<Item = Result<BatchAnswers, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl ShardKv for Fake {
+        async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+            no()
+        }
+        async fn put(&self, _: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+            no()
+        }
+        async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+            no()
+        }
+        async fn compare_and_swap(
+            &self,
+            _: Request<CompareAndSwapRequest>,
+        ) -> Result<Response<CompareAndSwapResponse>, Status> {
+            no()
+        }
+        async fn batch_get(&self, _: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+            no()
+        }
+        async fn batch_put(&self, _: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
+            no()
+        }
+        async fn txn(&self, _: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+            no()
+        }
+        async fn scan(&self, _: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+            no()
+        }
+        type BatchStream = Answers;
+        async fn batch(&self, req: Request<Streaming<BatchCommands>>) -> Result<Response<Answers>, Status> {
+            let mode = self.0;
+            if mode == Mode::Unknown {
+                return Err(Status::unimplemented("unknown method Batch"));
+            }
+            let mut inbound = req.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    if mode == Mode::Break {
+                        let _ = tx.send(Err(Status::internal("storenode stopping"))).await;
+                        return;
+                    }
+                    // Answer in reverse order: callers must be matched by id.
+                    let answers = m
+                        .commands
+                        .into_iter()
+                        .rev()
+                        .map(|c| {
+                            let answer = match c.request {
+                                Some(Command::Get(g)) => Answer::Get(GetResponse { found: true, value: g.key }),
+                                _ => Answer::Failed(call_status(&not_leader())),
+                            };
+                            BatchAnswer { id: c.id, timing: "total;dur=1.500".into(), answer: Some(answer) }
+                        })
+                        .collect();
+                    if tx.send(Ok(BatchAnswers { answers })).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    /// Serves a fake storenode on loopback until the sender is dropped.
+    async fn fake(mode: Mode) -> (SocketAddr, oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ShardKvServer::new(Fake(mode)))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        (addr, stop)
+    }
+
+    fn channel(addr: SocketAddr) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy()
+    }
+
+    fn get(key: &str) -> Command {
+        Command::Get(GetRequest { key: key.as_bytes().to_vec(), ..Default::default() })
+    }
+
+    fn as_get(a: Answer) -> Option<GetResponse> {
+        match a {
+            Answer::Get(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_get_their_own_answers_typed_errors_and_timing() {
+        let (addr, _stop) = fake(Mode::Serve).await;
+        let stream = BatchStream::open(channel(addr));
+        let calls = (0..64).map(|i| {
+            let s = stream.clone();
+            async move { (i, s.call(get(&format!("key-{i}")), None, as_get).await) }
+        });
+        for (i, r) in futures::future::join_all(calls).await {
+            let r = r.expect("a get answered");
+            assert_eq!(r.get_ref().value, format!("key-{i}").into_bytes(), "answer {i} went to another call");
+            let timing = r.metadata().get(TIMING_HEADER).expect("timing passed on");
+            assert_eq!(timing.to_str().unwrap(), "total;dur=1.500");
+        }
+        let put = Command::Put(PutRequest::default());
+        let err = stream.call(put, None, as_get).await.expect_err("a refused put");
+        assert!(matches!(WireError::from_status(&err), WireError::NotLeader { shard_id: 7, .. }), "{err:?}");
+        assert!(!stream.is_closed() && !stream.is_unsupported());
+    }
+
+    #[tokio::test]
+    async fn a_storenode_without_batch_is_called_unary() {
+        let (addr, _stop) = fake(Mode::Unknown).await;
+        let stream = BatchStream::open(channel(addr));
+        let err = stream.call(get("k"), None, as_get).await.expect_err("no Batch");
+        assert!(WireError::from_status(&err).is_transport(), "{err:?}");
+        assert!(stream.is_unsupported());
+        assert!(!stream.is_closed(), "not reopened over and over");
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_fails_its_waiting_calls_as_transport_errors_and_is_replaced() {
+        let (addr, _stop) = fake(Mode::Break).await;
+        let stream = BatchStream::open(channel(addr));
+        let err = tokio::time::timeout(Duration::from_secs(10), stream.call(get("k"), None, as_get))
+            .await
+            .expect("the waiting call is failed, not left hanging")
+            .expect_err("no answer");
+        // No typed answer: for a write the router treats it as ambiguous.
+        assert!(WireError::from_status(&err).is_transport(), "{err:?}");
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(stream.is_closed() && !stream.is_unsupported());
+        let late = stream.call(get("k"), None, as_get).await.expect_err("closed");
+        assert_eq!(late.code(), Code::Unavailable);
+        assert!(stream.waiting.lock().calls.is_empty(), "nothing left waiting");
+    }
+}

@@ -62,9 +62,13 @@ pub async fn run(conns: &[Conn], load: &Load, probe: &CpuProbe) -> anyhow::Resul
     anyhow::ensure!(!conns.is_empty(), "no connection to the target");
     let cpu_before = probe.sample();
     let start = Instant::now();
-    let (tally, hist) = match load.rate {
-        None => closed(conns, load).await?,
-        Some(rate) => open(conns, load, rate).await?,
+    let (tally, hist) = match (load.workload, load.rate) {
+        (Workload::Idle, _) => {
+            tokio::time::sleep(load.duration).await;
+            (Tally::default(), histogram())
+        }
+        (_, None) => closed(conns, load).await?,
+        (_, Some(rate)) => open(conns, load, rate).await?,
     };
     let elapsed = start.elapsed();
     let cpu = delta(&cpu_before, &probe.sample());
@@ -151,6 +155,12 @@ impl PhaseResult {
     /// A latency quantile.
     pub fn quantile(&self, q: f64) -> Duration {
         Duration::from_micros(self.hist.value_at_quantile(q))
+    }
+
+    /// Cores the accounted processes kept busy on average (CPU seconds per
+    /// second), all of them together.
+    pub fn cores(&self) -> f64 {
+        self.cpu.values().sum::<f64>() / self.elapsed.as_secs_f64()
     }
 
     /// CPU microseconds per successful operation, all accounted processes.

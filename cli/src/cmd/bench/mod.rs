@@ -45,7 +45,8 @@ pub struct Args {
     /// Seconds per phase.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// The phases, in order (put, get, a, b, c, f: YCSB's workloads).
+    /// The phases, in order (put, get, a, b, c, f: YCSB's workloads; idle:
+    /// no load, CPU per second).
     #[arg(long = "workload", value_enum, value_delimiter = ',', default_values_t = [Workload::Put, Workload::Get])]
     workloads: Vec<Workload>,
     /// How keys are drawn.
@@ -154,6 +155,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn report_line(name: &str, r: &PhaseResult) -> String {
+    let per_process =
+        |scale: f64| -> Vec<String> { r.cpu.iter().map(|(k, v)| format!("{k} {:.1}", v * scale)).collect() };
+    if r.ops == 0 && r.errors == 0 {
+        let secs = r.elapsed.as_secs_f64();
+        return format!(
+            "{name:>7}: CPU {:.1} % of a core ({})",
+            r.cores() * 100.0,
+            per_process(100.0 / secs).join(" %, ") + " %"
+        );
+    }
     let mut line = format!(
         "{name:>7}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
         r.rate(),
@@ -163,9 +174,7 @@ fn report_line(name: &str, r: &PhaseResult) -> String {
         r.errors
     );
     if let Some(total) = r.cpu_us_per_op() {
-        let parts: Vec<String> =
-            r.cpu.iter().map(|(k, v)| format!("{k} {:.0}", v * 1e6 / r.ops.max(1) as f64)).collect();
-        line += &format!("  CPU {total:.0} µs/op ({})", parts.join(", "));
+        line += &format!("  CPU {total:.0} µs/op ({})", per_process(1e6 / r.ops.max(1) as f64).join(", "));
     }
     line
 }
@@ -190,6 +199,7 @@ fn append_json(path: &PathBuf, label: &str, a: &Args, w: Workload, r: &PhaseResu
         "p99_ms": ms(r.quantile(0.99)),
         "p999_ms": ms(r.quantile(0.999)),
         "cpu_us_per_op": r.cpu_us_per_op(),
+        "cpu_cores": r.cores(),
         "cpu_us_per_op_by_process": cpu,
     });
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;

@@ -20,6 +20,9 @@ pub enum Workload {
     /// YCSB F: 50 % reads, 50 % read-modify-writes (a get, then a put of
     /// the same key, timed as one operation).
     F,
+    /// No operations: what the servers cost while nothing happens (CPU per
+    /// second instead of per operation).
+    Idle,
 }
 
 impl Workload {
@@ -32,6 +35,7 @@ impl Workload {
             Workload::B => "ycsb-b",
             Workload::C => "ycsb-c",
             Workload::F => "ycsb-f",
+            Workload::Idle => "idle",
         }
     }
 
@@ -40,7 +44,7 @@ impl Workload {
         let p: f64 = rng.gen();
         match self {
             Workload::Put => OpKind::Put,
-            Workload::Get | Workload::C => OpKind::Get,
+            Workload::Get | Workload::C | Workload::Idle => OpKind::Get,
             Workload::A if p < 0.5 => OpKind::Get,
             Workload::A => OpKind::Put,
             Workload::B if p < 0.95 => OpKind::Get,
