@@ -27,6 +27,8 @@ pub struct RaftMetrics {
     /// Unsynced WriteBatches of applied entries (one per pass that applied
     /// anything, every replica's entries together).
     pub apply_writes: IntCounter,
+    /// Every RocksDB write of the loop's passes, synced or not.
+    pub engine_writes: IntCounter,
     /// Replicas whose Ready went into one synced WriteBatch.
     pub raft_readies_per_fsync: Histogram,
     /// One pass of the loop with work: persist, send, apply, answer.
@@ -150,6 +152,11 @@ impl RaftMetrics {
                 r,
                 "ringkv_raft_apply_writes_total",
                 "Unsynced WriteBatches of applied entries (one per pass that applied any)",
+            ),
+            engine_writes: counter(
+                r,
+                "ringkv_raft_engine_writes_total",
+                "RocksDB writes of the Raft loop's passes, synced or not",
             ),
             raft_readies_per_fsync: histogram(
                 r,

@@ -126,18 +126,23 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         // quorum only once its entries are persisted (`advance_append`
         // below), so committing still needs a majority of synced logs.
         self.flush(std::mem::take(&mut out));
-        if !wb.is_empty() {
+        // Raft state with nothing to sync (commit indexes only) rides in
+        // this pass's apply write instead of a write of its own: neither is
+        // synced, and the WAL keeps them in order either way.
+        let mut unsynced = WriteBatch::default();
+        if !wb.is_empty() && !must_sync {
+            unsynced = wb;
+        } else if !wb.is_empty() {
             // A failed write of Raft state leaves Raft's promises unknowable:
             // stop the process rather than answer anything (as etcd and TiKV do).
             let append_start = std::time::Instant::now();
-            if let Err(e) = self.engine.write(wb, must_sync) {
+            if let Err(e) = self.engine.write(wb, true) {
                 panic!("persisting Raft state: {e}");
             }
-            if must_sync {
-                self.metrics.append_duration.observe(append_start.elapsed().as_secs_f64());
-                self.metrics.raft_fsyncs.inc();
-                self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
-            }
+            self.metrics.engine_writes.inc();
+            self.metrics.append_duration.observe(append_start.elapsed().as_secs_f64());
+            self.metrics.raft_fsyncs.inc();
+            self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
         }
         // Entries this pass applies count as committed from here: their
         // commit is durable and known. One instant for all of them.
@@ -208,11 +213,18 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
                 }
             }
         }
+        let applies = !batches.is_empty();
+        if !unsynced.is_empty() {
+            batches.insert(0, unsynced);
+        }
         if !batches.is_empty() {
             if let Err(e) = self.engine.write(concat_batches(batches), false) {
                 panic!("writing applied entries: {e}");
             }
-            self.metrics.apply_writes.inc();
+            self.metrics.engine_writes.inc();
+            if applies {
+                self.metrics.apply_writes.inc();
+            }
         }
         let applied_at = Instant::now();
         let commit_apply = applied_at.saturating_duration_since(committed_at).as_secs_f64();
