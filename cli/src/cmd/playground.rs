@@ -198,7 +198,24 @@ fn program(exe: &Path, info: &ProcessInfo, args: &[String]) -> anyhow::Result<Co
         .with_context(|| format!("opening {}", info.log.display()))?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // A playground's processes share this machine's cores: runtimes each
+    // sized to all of them wake threads across cores for nothing (on 2
+    // cores, one worker each costs 13 % less CPU per single-client put;
+    // docs/performance.md). The user's own setting wins.
+    if std::env::var_os(WORKER_THREADS_ENV).is_none() {
+        cmd.env(WORKER_THREADS_ENV, workers_per_process().to_string());
+    }
     Ok(cmd)
+}
+
+/// Tokio's variable for its runtime's worker threads.
+const WORKER_THREADS_ENV: &str = "TOKIO_WORKER_THREADS";
+
+/// Worker threads for each process of a playground: a third of the cores
+/// (a playground's busy processes are its storenodes), at least one.
+fn workers_per_process() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 3).max(1)
 }
 
 /// A storenode of the playground in `dir`: its record (pid 0 until started).
