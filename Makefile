@@ -36,7 +36,8 @@ fmt:
 # ringkv against etcd, same machine, same sitting, one harness: the standard
 # loads (puts, gets, YCSB A/B/C/F, 1/64/256 clients) through a playground's
 # router and through etcd's KV API, CPU per op from /proc, a side-by-side
-# table (scripts/bench.sh; DURATION=seconds per phase, default 10).
+# table (scripts/bench.sh; DURATION=seconds per phase, default 10;
+# ALTERNATE=N: etcd and ringkv up together, puts and gets in turn, N rounds).
 bench: build
 	bash scripts/bench.sh $(RINGKV) $(if $(OUT),$(OUT))
 

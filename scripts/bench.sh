@@ -6,7 +6,9 @@
 # side-by-side table at the end (scripts/bench_table.py).
 #
 # Usage: scripts/bench.sh RINGKV_BINARY [OUT_DIR]
-#   DURATION (seconds per phase, default 10), SKIP_ETCD=1, SKIP_16=1, SKIP_1000=1.
+#   DURATION (seconds per phase, default 10), SKIP_ETCD=1, SKIP_16=1, SKIP_1000=1;
+#   ALTERNATE=N instead: etcd and a 16-shard playground up together, puts and
+#   gets at 64 clients on each in turn, N rounds, averaged.
 set -euo pipefail
 bin=$1
 out=${2:-ringkv-data/bench-$(date +%Y%m%d-%H%M%S)}
@@ -45,10 +47,10 @@ wait_for() { # wait_for SECONDS CMD...: polls CMD every 0.5 s
     done
 }
 
-if [ "${SKIP_ETCD:-0}" != 1 ]; then
+start_etcd() { # three members on loopback; sets endpoints and etcd_pids
     command -v etcd >/dev/null || { echo "bench: no etcd on PATH (make setup installs etcd-server)" >&2; exit 1; }
     etcd --version | head -1
-    cluster=""
+    local cluster="" i
     for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://127.0.0.1:$((23800 + i))"; done
     etcd_pids=()
     for i in 1 2 3; do
@@ -64,10 +66,7 @@ if [ "${SKIP_ETCD:-0}" != 1 ]; then
     done
     endpoints=127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793
     wait_for 30 "$bin" bench --etcd "$endpoints" --duration 1 --clients 1 --workload put
-    echo "== etcd (3 members, pids ${etcd_pids[*]})"
-    standard_set etcd --etcd "$endpoints" --cpu-pid "$(IFS=,; echo "${etcd_pids[*]}")"
-    cleanup
-fi
+}
 
 playground() { # playground DIR SHARDS: starts one and waits for its router
     "$bin" playground --dir "$1" --shards "$2" --shard-max-bytes 0 --split-detections 0 --no-prometheus \
@@ -90,6 +89,31 @@ s = json.load(sys.stdin)
 ok = s["leaderless"] == 0 and (sys.argv[1] != "balanced" or s["balanced"])
 sys.exit(0 if ok else 1)' "$2"
 }
+
+if [ -n "${ALTERNATE:-}" ]; then
+    # Both clusters up at once, the same load on each in turn, ALTERNATE
+    # rounds: the fairest comparison on a noisy machine.
+    start_etcd
+    playground "$out/pg16" 16
+    for round in $(seq 1 "$ALTERNATE"); do
+        for w in put get; do
+            echo "== round $round, $w"
+            "$bin" bench --etcd "$endpoints" --cpu-pid "$(IFS=,; echo "${etcd_pids[*]}")" --label etcd \
+                --json "$results" --duration "$duration" --clients 64 --workload "$w" | tail -1
+            "$bin" bench --playground "$out/pg16" --label ringkv \
+                --json "$results" --duration "$duration" --clients 64 --workload "$w" | tail -1
+        done
+    done
+    python3 "$here/bench_table.py" --average "$results" | tee "$out/table.md"
+    exit 0
+fi
+
+if [ "${SKIP_ETCD:-0}" != 1 ]; then
+    start_etcd
+    echo "== etcd (3 members, pids ${etcd_pids[*]})"
+    standard_set etcd --etcd "$endpoints" --cpu-pid "$(IFS=,; echo "${etcd_pids[*]}")"
+    cleanup
+fi
 
 if [ "${SKIP_16:-0}" != 1 ]; then
     echo "== ringkv (playground, 16 shards)"

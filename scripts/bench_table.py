@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Side-by-side markdown table of `ringkv bench --json` results.
 
-Usage: scripts/bench_table.py results.jsonl
+Usage: scripts/bench_table.py [--average] results.jsonl
+
+With --average, rows seen several times (alternating rounds) show the mean
+of their rounds; otherwise the last one wins.
 
 Rows are (workload, key distribution, clients); columns are the targets in
 the order they first appear (etcd first when `make bench` ran it), each with
@@ -13,7 +16,20 @@ import json
 import sys
 
 
-def main(path):
+def mean(runs):
+    """One row standing for several runs of the same load: the mean of
+    each figure (errors summed)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[-1])
+    for k in ("ops_per_sec", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_op", "cpu_cores"):
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        out[k] = sum(vals) / len(vals) if vals else None
+    out["errors"] = sum(r["errors"] for r in runs)
+    return out
+
+
+def main(path, average):
     rows, targets = {}, []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -27,7 +43,8 @@ def main(path):
             key = (r["workload"], r["distribution"], r["clients"])
             if r["target"] not in targets:
                 targets.append(r["target"])
-            rows.setdefault(key, {})[r["target"]] = r
+            rows.setdefault(key, {}).setdefault(r["target"], []).append(r)
+    rows = {k: {t: (mean(rs) if average else rs[-1]) for t, rs in by.items()} for k, by in rows.items()}
     if not targets:
         sys.exit(f"{path}: no results")
     base = targets[0]
@@ -64,6 +81,9 @@ def main(path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    average = "--average" in args
+    args = [a for a in args if a != "--average"]
+    if len(args) != 1:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(args[0], average)
