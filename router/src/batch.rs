@@ -37,6 +37,12 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 type Reply = oneshot::Sender<Result<BatchAnswer, Status>>;
 
+/// What a call gets when its stream closed before it could be sent or
+/// answered: no typed error, as from a broken connection.
+fn closed() -> Status {
+    Status::unavailable("batch stream to the storenode closed")
+}
+
 /// A call waiting for the writer.
 struct Queued {
     command: Command,
@@ -60,7 +66,7 @@ impl Waiting {
     /// has closed.
     fn enqueue(&mut self, q: Queued, commands: &mut Vec<BatchCommand>) {
         if self.closed {
-            let _ = q.reply.send(Err(Status::unavailable("batch stream to the storenode closed")));
+            let _ = q.reply.send(Err(closed()));
             return;
         }
         let id = self.next_id;
@@ -97,7 +103,8 @@ impl BatchStream {
 
     /// Whether the stream failed (open a new one).
     pub fn is_closed(&self) -> bool {
-        self.waiting.lock().closed && !self.is_unsupported()
+        let w = self.waiting.lock();
+        w.closed && !w.unsupported
     }
 
     /// Whether the storenode does not serve `Batch` (call it unary).
@@ -115,7 +122,6 @@ impl BatchStream {
     ) -> Result<Response<T>, Status> {
         let (reply, answer) = oneshot::channel();
         let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let closed = || Status::unavailable("batch stream to the storenode closed");
         self.queue.send(Queued { command, request_id, reply }).map_err(|_| closed())?;
         let a = answer.await.map_err(|_| closed())??;
         match a.answer {
@@ -207,7 +213,7 @@ async fn write(
         crate::metrics::batch_sent(commands.len());
         // Waiting for room here is what batches: calls queue meanwhile.
         if out.send(BatchCommands { commands }).await.is_err() {
-            waiting.lock().close(&Status::unavailable("batch stream to the storenode closed"));
+            waiting.lock().close(&closed());
             return;
         }
     }

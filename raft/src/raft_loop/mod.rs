@@ -8,11 +8,12 @@
 //!    state to ONE WriteBatch shared by all replicas;
 //! 4. send those messages (a leader's appends: followers persist in parallel
 //!    with the leader, which counts itself in the quorum only after step 5's
-//!    `advance_append`), then write that batch with `sync = true` — a single fsync however many
-//!    replicas had work (group commit across groups) — when any Ready must
-//!    be synced (entries, a snapshot, a new term or vote); a batch that only
-//!    moves commit indexes needs no fsync (etcd's `MustSync`) and joins step
-//!    6's unsynced write instead of having one of its own;
+//!    `advance_append`), then write that batch with `sync = true` — a single
+//!    fsync however many replicas had work (group commit across groups) —
+//!    when any Ready must be synced (entries, a snapshot, a new term or
+//!    vote); a batch that only moves commit indexes needs no fsync (etcd's
+//!    `MustSync`) and joins step 6's unsynced write instead of having one of
+//!    its own;
 //! 5. send `persisted_messages` (votes, append responses: only after the sync,
 //!    or a crash could make this node forget a vote or an acknowledged entry),
 //!    coalesced per destination node; `advance_append`;

@@ -129,10 +129,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
         // Raft state with nothing to sync (commit indexes only) rides in
         // this pass's apply write instead of a write of its own: neither is
         // synced, and the WAL keeps them in order either way.
-        let mut unsynced = WriteBatch::default();
-        if !wb.is_empty() && !must_sync {
-            unsynced = wb;
-        } else if !wb.is_empty() {
+        let unsynced = if must_sync {
             // A failed write of Raft state leaves Raft's promises unknowable:
             // stop the process rather than answer anything (as etcd and TiKV do).
             let append_start = std::time::Instant::now();
@@ -143,7 +140,10 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             self.metrics.append_duration.observe(append_start.elapsed().as_secs_f64());
             self.metrics.raft_fsyncs.inc();
             self.metrics.raft_readies_per_fsync.observe(readies.len() as f64);
-        }
+            WriteBatch::default()
+        } else {
+            wb
+        };
         // Entries this pass applies count as committed from here: their
         // commit is durable and known. One instant for all of them.
         let committed_at = Instant::now();

@@ -50,7 +50,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
 
-/// Latencies and counts shared by the tasks of a phase.
+/// Operations of a phase (or of one of its tasks) that succeeded and failed.
 #[derive(Default)]
 struct Tally {
     ops: u64,

@@ -142,7 +142,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             rate: a.rate,
         };
         let r = driver::run(&conns, &load, &probe).await?;
-        println!("{}", report_line(w.name(), &r));
+        println!("{}", report_line(*w, &r));
         if let Some(path) = &a.json {
             append_json(path, &label, &a, *w, &r)?;
         }
@@ -154,10 +154,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report_line(name: &str, r: &PhaseResult) -> String {
+fn report_line(w: Workload, r: &PhaseResult) -> String {
+    let name = w.name();
     let per_process =
         |scale: f64| -> Vec<String> { r.cpu.iter().map(|(k, v)| format!("{k} {:.1}", v * scale)).collect() };
-    if r.ops == 0 && r.errors == 0 {
+    if w == Workload::Idle {
         let secs = r.elapsed.as_secs_f64();
         return format!(
             "{name:>7}: CPU {:.1} % of a core ({})",
