@@ -14,9 +14,12 @@
 //!    vote); a batch that only moves commit indexes needs no fsync (etcd's
 //!    `MustSync`) and joins step 6's unsynced write instead of having one of
 //!    its own;
-//! 5. send `persisted_messages` (votes, append responses: only after the sync,
-//!    or a crash could make this node forget a vote or an acknowledged entry),
-//!    coalesced per destination node; `advance_append`;
+//! 5. `advance_append` every Ready and send its `persisted_messages` (votes,
+//!    append responses: only after the sync, or a crash could make this node
+//!    forget a vote or an acknowledged entry) and what advancing produced (a
+//!    leader's new commit index), coalesced per destination node — before
+//!    step 6, so a leader's commit waits on its followers' fsyncs, never on
+//!    their applies;
 //! 6. apply committed entries of all replicas, each replica into a batch of
 //!    its own (data + applied index together), then write all of them as one
 //!    unsynced batch (the synced log replays them); answer proposals and serve

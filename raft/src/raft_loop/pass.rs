@@ -151,27 +151,36 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             self.start_install(id, index, st);
         }
 
+        // Acknowledge what this pass persisted before applying anything: a
+        // follower's append responses (and votes) leave now, so the leader's
+        // commit waits for the followers' fsyncs, not for their applies. A
+        // leader's `advance_append` counts itself in the quorum and may
+        // advance the commit; the appends that carry it leave now too.
+        let mut advanced: HashMap<u64, (Vec<raft::prelude::Entry>, ApplyBatch)> = HashMap::new();
+        for (id, mut rd) in readies {
+            let Some(r) = self.replicas.get_mut(&id) else { continue };
+            let mut batch = ApplyBatch::default();
+            route(&self.transport, &self.snap_dir, node_id, r, rd.take_persisted_messages(), &mut out);
+            let mut committed = rd.take_committed_entries();
+            let mut light = r.raw.advance_append(rd);
+            if let Some(c) = light.commit_index() {
+                r.raw.mut_store().set_commit(&mut batch.wb, c);
+            }
+            route(&self.transport, &self.snap_dir, node_id, r, light.take_messages(), &mut out);
+            committed.extend(light.take_committed_entries());
+            advanced.insert(id, (committed, batch));
+        }
+        self.flush(std::mem::take(&mut out));
+
         // Apply, each replica into a batch of its own.
         let mut batches = Vec::new();
         let mut answers: Vec<Answer<S>> = Vec::new();
         let mut applied = Vec::new();
         let mut children = Vec::new();
         let mut replicas_applying = 0;
-        let mut readies: HashMap<u64, raft::Ready> = readies.into_iter().collect();
         for id in &dirty {
             let Some(r) = self.replicas.get_mut(id) else { continue };
-            let mut committed = Vec::new();
-            let mut batch = ApplyBatch::default();
-            if let Some(mut rd) = readies.remove(id) {
-                route(&self.transport, &self.snap_dir, node_id, r, rd.take_persisted_messages(), &mut out);
-                committed = rd.take_committed_entries();
-                let mut light = r.raw.advance_append(rd);
-                if let Some(c) = light.commit_index() {
-                    r.raw.mut_store().set_commit(&mut batch.wb, c);
-                }
-                route(&self.transport, &self.snap_dir, node_id, r, light.take_messages(), &mut out);
-                committed.extend(light.take_committed_entries());
-            }
+            let (mut committed, mut batch) = advanced.remove(id).unwrap_or_default();
             if r.lifecycle != Lifecycle::Normal {
                 r.deferred.append(&mut committed);
                 if !batch.is_empty() {

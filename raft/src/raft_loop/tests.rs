@@ -474,3 +474,77 @@ fn answers_carry_their_timings_in_order_and_the_histograms_count_them() {
     let t = local.try_recv().expect("a local read is answered at once").expect("readable").timings;
     assert_eq!((t.committed, t.done), (None, t.accepted), "a local read has no confirmation step");
 }
+
+/// Records what the loop sends, with how many apply writes it had made by then.
+struct Recording {
+    metrics: Arc<RaftMetrics>,
+    sent: std::sync::Mutex<Vec<(raft::prelude::MessageType, u64)>>,
+}
+
+impl Transport for Arc<Recording> {
+    fn send(&self, _: u64, batch: Vec<RaftMessage>) -> bool {
+        let applies = self.metrics.apply_writes.get();
+        let mut sent = self.sent.lock().unwrap();
+        for m in batch {
+            let msg = <raft::prelude::Message as protobuf::Message>::parse_from_bytes(&m.message).unwrap();
+            sent.push((msg.get_msg_type(), applies));
+        }
+        true
+    }
+    fn send_snapshot(&self, _: u64, _: u64, _: RaftMessage, _: PathBuf) {}
+    fn address(&self, _: u64) -> Option<String> {
+        None
+    }
+}
+
+/// A follower acknowledges the entries a pass persisted before it applies
+/// the ones that pass found committed: the leader's commit waits on the
+/// follower's fsync, not on its apply.
+#[test]
+fn a_follower_acknowledges_before_it_applies() {
+    use raft::prelude::{Entry, Message as RaftMsg, MessageType};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("db")).unwrap();
+    let metrics = Arc::new(RaftMetrics::new(2));
+    let net = Arc::new(Recording { metrics: metrics.clone(), sent: Default::default() });
+    let cfg = LoopConfig { node_id: 2, snapshot_dir: dir.path().join("snap"), raft: RaftConfig::default() };
+    let (mut lp, _h) = RaftLoop::new(cfg, engine, net.clone(), metrics.clone(), TestStateMachine::default).unwrap();
+    let members = (1..=3).map(|n| Member { replica_id: n * 10, node_id: n, role: MemberRole::Voter as i32 }).collect();
+    let group = TestGroup { id: 1, members, conf_ver: 1, version: 1, ..Default::default() };
+    let (tx, mut rx) = oneshot::channel();
+    lp.handle(LoopRequest::CreateReplica { group, replica_id: 20, bootstrap: true, campaign: false, cb: tx });
+    rx.try_recv().unwrap().unwrap();
+    lp.run_pass();
+
+    // The leader (replica 10, term 6) appends entries 6 and 7 and has
+    // committed 6: this one pass persists both and applies 6.
+    let entry = |index| {
+        let cmd = TestCommand { key: format!("k{index}").into_bytes(), value: b"v".to_vec(), ..Default::default() };
+        Entry { index, term: 6, data: prost::Message::encode_to_vec(&cmd).into(), ..Default::default() }
+    };
+    let msg = RaftMsg {
+        msg_type: MessageType::MsgAppend,
+        from: 10,
+        to: 20,
+        term: 6,
+        log_term: 5,
+        index: 5,
+        entries: vec![entry(6), entry(7)].into(),
+        commit: 6,
+        ..Default::default()
+    };
+    lp.handle(LoopRequest::Raft { group_id: 1, from_node: 1, msg: Box::new(msg) });
+    let applies_before = metrics.apply_writes.get();
+    net.sent.lock().unwrap().clear();
+    lp.run_pass();
+
+    assert_eq!(metrics.apply_writes.get(), applies_before + 1, "the pass applied entry 6");
+    assert_eq!(lp.replicas[&1].raw.store().applied_index(), 6);
+    let sent = net.sent.lock().unwrap().clone();
+    let acks: Vec<_> = sent.iter().filter(|(t, _)| *t == MessageType::MsgAppendResponse).collect();
+    assert!(!acks.is_empty(), "the follower acknowledged the append: {sent:?}");
+    assert!(
+        acks.iter().all(|(_, applies)| *applies == applies_before),
+        "every acknowledgement left before the apply write: {sent:?}"
+    );
+}
