@@ -170,7 +170,7 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             committed.extend(light.take_committed_entries());
             advanced.insert(id, (committed, batch));
         }
-        self.flush(std::mem::take(&mut out));
+        self.flush(out);
 
         // Apply, each replica into a batch of its own.
         let mut batches = Vec::new();
@@ -241,7 +241,6 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             self.metrics.commit_apply_duration.observe(commit_apply);
         }
         self.open_split_children(children);
-        self.flush(out);
         for a in answers {
             a.send(committed_at, applied_at, &self.metrics.propose_commit_duration);
         }
