@@ -2,6 +2,7 @@
 //! (the router, the CLI's ops commands) depends on neither the storenode
 //! crate nor RocksDB.
 //!
+//! - [`coalesce`]: batching what queued together, the Batch stream's rule at both ends.
 //! - [`cluster_view`]: the nodes, shards, operators and health the CLI and the console show.
 //! - [`net`]: outgoing gRPC connections, sent from the process's own address.
 //! - [`placement_client`]: a client of the placement service that finds its leader.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod cluster_view;
+pub mod coalesce;
 pub mod hashing;
 pub mod limits;
 pub mod metrics;

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use ringkv_common::coalesce::next_batch;
 use ringkv_common::trace::TIMING_HEADER;
 use ringkv_common::wire_error::status_of_call;
 use ringkv_proto::kv::batch_answer::Answer;
@@ -192,19 +193,14 @@ async fn write(
     out: mpsc::Sender<BatchCommands>,
     waiting: Arc<Mutex<Waiting>>,
 ) {
-    while let Some(first) = queue.recv().await {
-        // Let the calls that are being made right now (woken by the same
-        // answers) queue too: one turn of the scheduler, not a timer.
-        tokio::task::yield_now().await;
-        let mut commands = Vec::new();
+    // The calls being made right now (woken by the same answers) share a
+    // message: one turn of the scheduler, not a timer.
+    while let Some(queued) = next_batch(&mut queue, MAX_COMMANDS).await {
+        let mut commands = Vec::with_capacity(queued.len());
         {
             let mut w = waiting.lock();
-            w.enqueue(first, &mut commands);
-            while commands.len() < MAX_COMMANDS {
-                match queue.try_recv() {
-                    Ok(q) => w.enqueue(q, &mut commands),
-                    Err(_) => break,
-                }
+            for q in queued {
+                w.enqueue(q, &mut commands);
             }
         }
         if commands.is_empty() {

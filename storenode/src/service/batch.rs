@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use ringkv_common::coalesce::next_batch;
 use ringkv_common::trace::{REQUEST_ID_HEADER, TIMING_HEADER};
 use ringkv_common::wire_error::{call_status, WireError};
 use ringkv_proto::kv::batch_answer::Answer;
@@ -72,17 +73,9 @@ async fn write_answers(
 ) {
     // Ends when every command has answered and the reader has stopped (all
     // senders dropped), or when the router stops reading.
-    while let Some(first) = answers.recv().await {
-        // One turn of the scheduler lets answers finishing together (one
-        // apply pass answers many) share the message.
-        tokio::task::yield_now().await;
-        let mut batch = vec![first];
-        while batch.len() < MAX_ANSWERS {
-            match answers.try_recv() {
-                Ok(a) => batch.push(a),
-                Err(_) => break,
-            }
-        }
+    // Answers finishing together (one apply pass answers many) share a
+    // message.
+    while let Some(batch) = next_batch(&mut answers, MAX_ANSWERS).await {
         svc.metrics().batch_answers.observe(batch.len() as f64);
         if out.send(Ok(BatchAnswers { answers: batch })).await.is_err() {
             return;
