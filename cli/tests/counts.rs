@@ -20,6 +20,8 @@ struct Counts {
     writes: u64,
     apply_writes: u64,
     batches: u64,
+    /// Raft messages, whatever batch they rode in.
+    raft_messages: u64,
     requests: u64,
     /// Messages the router sent on its Batch streams.
     stream_messages: u64,
@@ -33,6 +35,7 @@ fn counts(cluster: &TestCluster) -> Counts {
         c.writes += metric(&text, "ringkv_raft_engine_writes_total", "");
         c.apply_writes += metric(&text, "ringkv_raft_apply_writes_total", "");
         c.batches += metric(&text, "ringkv_raft_message_batches_sent_total", "");
+        c.raft_messages += metric(&text, "ringkv_raft_messages_sent_total", "");
         c.requests += metric(&text, "ringkv_storenode_requests_total", "method=\"put\"");
     }
     for http in &cluster.router_http {
@@ -42,13 +45,14 @@ fn counts(cluster: &TestCluster) -> Counts {
 }
 
 /// Per put between two readings.
-fn per_put(before: Counts, after: Counts, puts: u64) -> [f64; 6] {
+fn per_put(before: Counts, after: Counts, puts: u64) -> [f64; 7] {
     let d = |a: u64, b: u64| (a - b) as f64 / puts as f64;
     [
         d(after.fsyncs, before.fsyncs),
         d(after.writes, before.writes),
         d(after.apply_writes, before.apply_writes),
         d(after.batches, before.batches),
+        d(after.raft_messages, before.raft_messages),
         d(after.requests, before.requests),
         d(after.stream_messages, before.stream_messages),
     ]
@@ -73,10 +77,11 @@ async fn a_put_costs_few_fsyncs_writes_and_messages_and_batching_cuts_them() {
     for i in 0..puts {
         client.put(format!("one-{i}").as_bytes(), b"v").await.expect("put");
     }
-    let [fsyncs, all_writes, writes, batches, requests, messages] = per_put(before, counts(&cluster), puts);
+    let [fsyncs, all_writes, writes, batches, raft_messages, requests, messages] =
+        per_put(before, counts(&cluster), puts);
     eprintln!(
-        "1 client: per put {fsyncs:.2} fsyncs, {all_writes:.2} RocksDB writes, {writes:.2} apply writes, {batches:.2} batches, {requests:.2} calls, \
-         {messages:.2} router stream messages"
+        "1 client: per put {fsyncs:.2} fsyncs, {all_writes:.2} RocksDB writes, {writes:.2} apply writes, {batches:.2} batches, \
+         {raft_messages:.2} Raft messages, {requests:.2} calls, {messages:.2} router stream messages"
     );
     assert!(fsyncs <= 3.5, "fsyncs per put, one client: {fsyncs:.2}");
     // Commit indexes ride in the apply write (9 per put if they had writes
@@ -84,6 +89,10 @@ async fn a_put_costs_few_fsyncs_writes_and_messages_and_batching_cuts_them() {
     assert!(all_writes <= 6.5, "RocksDB writes per put, one client: {all_writes:.2}");
     assert!(writes <= 4.0, "apply writes per put, one client: {writes:.2}");
     assert!(batches <= 9.0, "message batches per put, one client: {batches:.2}");
+    // Per follower: the append and its response, then the append that
+    // announces the new commit index and its response (8), plus a few
+    // heartbeats.
+    assert!(raft_messages <= 9.0, "Raft messages per put, one client: {raft_messages:.2}");
     assert!((1.0..=1.1).contains(&requests), "ShardKv calls per put: {requests:.2}");
     // Every put went over the router's Batch stream, one message each.
     assert!((0.9..=1.1).contains(&messages), "router stream messages per put, one client: {messages:.2}");
@@ -110,16 +119,22 @@ async fn a_put_costs_few_fsyncs_writes_and_messages_and_batching_cuts_them() {
     for t in tasks {
         t.await.expect("writer");
     }
-    let [fsyncs, all_writes, writes, batches, requests, messages] =
+    let [fsyncs, all_writes, writes, batches, raft_messages, requests, messages] =
         per_put(before, counts(&cluster), clients as u64 * each);
     eprintln!(
         "{clients} clients: per put {fsyncs:.2} fsyncs, {all_writes:.2} RocksDB writes, {writes:.2} apply writes, {batches:.2} batches, \
-         {requests:.2} calls, {messages:.2} router stream messages"
+         {raft_messages:.2} Raft messages, {requests:.2} calls, {messages:.2} router stream messages"
     );
     assert!(fsyncs <= 2.0, "fsyncs per put, {clients} clients (no group commit?): {fsyncs:.2}");
     assert!(all_writes <= 2.5, "RocksDB writes per put, {clients} clients: {all_writes:.2}");
     assert!(writes <= 2.0, "apply writes per put, {clients} clients: {writes:.2}");
     assert!(batches <= 4.0, "message batches per put, {clients} clients (no batching?): {batches:.2}");
+    // Proposals of one pass go to a follower in one append (~2.2 here);
+    // an append per proposal makes over 4.
+    assert!(
+        raft_messages <= 3.0,
+        "Raft messages per put, {clients} clients (an append per proposal?): {raft_messages:.2}"
+    );
     assert!((1.0..=1.1).contains(&requests), "ShardKv calls per put: {requests:.2}");
     // The router coalesces calls to one storenode: ~0.33 messages per put
     // here, 1 without coalescing.

@@ -110,6 +110,11 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
             max_committed_size_per_ready: rc.max_committed_bytes_per_ready,
             check_quorum: true,
             pre_vote: true,
+            // Proposals that reach a leader in one pass go to each follower
+            // as one append (and come back as one response), not one each:
+            // raft-rs merges an append into the one already queued for that
+            // follower.
+            batch_append: true,
             ..Default::default()
         };
         let raw = RawNode::new(&rcfg, storage, &self.logger)?;

@@ -6,12 +6,13 @@
 //! 3. for every replica with a `Ready`: take read states, route the messages
 //!    that may leave before persistence, and add snapshot / entries / hard
 //!    state to ONE WriteBatch shared by all replicas;
-//! 4. send those messages (a leader's appends: followers persist in parallel
-//!    with the leader, which counts itself in the quorum only after step 5's
-//!    `advance_append`), then write that batch with `sync = true` — a single
-//!    fsync however many replicas had work (group commit across groups) —
-//!    when any Ready must be synced (entries, a snapshot, a new term or
-//!    vote); a batch that only moves commit indexes needs no fsync (etcd's
+//! 4. send those messages (a leader's appends, one per follower however many
+//!    proposals the pass brought: raft-rs's `batch_append`; followers persist
+//!    in parallel with the leader, which counts itself in the quorum only
+//!    after step 5's `advance_append`), then write that batch with
+//!    `sync = true` — a single fsync however many replicas had work (group
+//!    commit across groups) — when any Ready must be synced (entries, a
+//!    snapshot, a new term or vote); a batch that only moves commit indexes needs no fsync (etcd's
 //!    `MustSync`) and joins step 6's unsynced write instead of having one of
 //!    its own;
 //! 5. `advance_append` every Ready and send its `persisted_messages` (votes,

@@ -28,9 +28,12 @@ impl<S: StateMachine, T: Transport> RaftLoop<S, T> {
     /// One pass over the replicas with work: persist (one fsync), send,
     /// apply, answer.
     pub fn run_pass(&mut self) {
-        for (id, r) in self.replicas.iter_mut() {
-            if r.reads.issue(&mut r.raw, self.ticks) {
-                self.dirty.insert(*id);
+        // A replica with reads queued is dirty (queuing a read marks it), so
+        // only dirty replicas are asked: a pass costs what is busy, not what
+        // the node hosts.
+        for id in &self.dirty {
+            if let Some(r) = self.replicas.get_mut(id) {
+                r.reads.issue(&mut r.raw, self.ticks);
             }
         }
         if self.dirty.is_empty() {

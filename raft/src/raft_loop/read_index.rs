@@ -61,17 +61,15 @@ impl<G: Clone> Reads<G> {
         self.batch.push(w);
     }
 
-    /// Asks raft-rs for one read index for every read queued this pass;
-    /// true if it asked.
-    pub fn issue(&mut self, raw: &mut RawNode<RaftStorage>, tick: u64) -> bool {
+    /// Asks raft-rs for one read index for every read queued this pass.
+    pub fn issue(&mut self, raw: &mut RawNode<RaftStorage>, tick: u64) {
         if self.batch.is_empty() {
-            return false;
+            return;
         }
         let ctx = self.next_ctx;
         self.next_ctx += 1;
         self.issued.insert(ctx, (std::mem::take(&mut self.batch), tick));
         raw.read_index(request_ctx(raw.raft.id, ctx));
-        true
     }
 
     /// Takes raft-rs's answers.
