@@ -12,9 +12,9 @@
 //!    after step 5's `advance_append`), then write that batch with
 //!    `sync = true` — a single fsync however many replicas had work (group
 //!    commit across groups) — when any Ready must be synced (entries, a
-//!    snapshot, a new term or vote); a batch that only moves commit indexes needs no fsync (etcd's
-//!    `MustSync`) and joins step 6's unsynced write instead of having one of
-//!    its own;
+//!    snapshot, a new term or vote); a batch that only moves commit indexes
+//!    needs no fsync (etcd's `MustSync`) and joins step 6's unsynced write
+//!    instead of having one of its own;
 //! 5. `advance_append` every Ready and send its `persisted_messages` (votes,
 //!    append responses: only after the sync, or a crash could make this node
 //!    forget a vote or an acknowledged entry) and what advancing produced (a
